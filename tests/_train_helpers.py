@@ -49,14 +49,33 @@ class ArrayCache:
         return torch.from_numpy(self.data[np.asarray(indices)])
 
 
-def write_cache(folder: Path, data: np.ndarray, autoencoder: str = "synthetic") -> Path:
-    """A real on-disk latent cache (through revq.data.latent_cache's writer)."""
-    from revq.data import latent_cache as lc
+def write_cache(folder: Path, data: np.ndarray, autoencoder: str = "synthetic", shard_size: int = 200) -> Path:
+    """A real on-disk latent cache in revq.data.latent_cache's format (read back by LatentCache).
 
-    writer = getattr(lc, "write_latent_cache", None)
-    if writer is None:
-        raise RuntimeError("revq.data.latent_cache has no write_latent_cache()")
-    writer(folder, torch.from_numpy(data), autoencoder=autoencoder, resolution=32)
+    Written directly (not through encode_to_cache, which needs images and an autoencoder) so
+    that tests can use synthetic latents."""
+    from revq.data.latent_cache import FORMAT, VERSION
+    from revq.io_utils import save_safetensors_atomic, write_json_atomic
+
+    folder = Path(folder)
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    shards = []
+    for i, start in enumerate(range(0, len(data), shard_size)):
+        name = f"shards/latents-{i:05d}.npy"
+        np.save(folder / name, data[start:start + shard_size])
+        shards.append({"file": name, "count": int(len(data[start:start + shard_size]))})
+    np.save(folder / "labels.npy", np.full(len(data), -1, dtype=np.int64))
+    write_json_atomic(folder / "keys.json", [f"s{i:06d}" for i in range(len(data))])
+    stats = ArrayCache(data).stats
+    save_safetensors_atomic({**stats, "count": torch.tensor(len(data))}, folder / "stats.safetensors")
+    write_json_atomic(folder / "manifest.json", {
+        "format": FORMAT, "version": VERSION, "autoencoder": autoencoder, "resolution": 32,
+        "latent_shape": list(data.shape[1:]), "dtype": "float32", "count": len(data),
+        "shard_size": shard_size, "shards": shards,
+        "labels": {"file": "labels.npy", "labeled": 0, "num_classes": 0, "class_names": None},
+        "keys_file": "keys.json", "stats_file": "stats.safetensors",
+    })
     return folder
 
 
