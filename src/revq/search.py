@@ -1,0 +1,216 @@
+"""Exact, memory-bounded nearest-code search: the quantizer's hot path.
+
+For every group ``g`` and query ``x[g, b]`` find ``argmin_n ||x[g, b] - codebooks[g, n]||^2``
+(paper Eq. 1 / Eq. 2: each token position has its own codebook).  The definition of "exact" used
+throughout the project (and by the brute-force reference in the tests) is::
+
+    reference = ((x[:, :, None, :] - codebooks[:, None, :, :]) ** 2).sum(-1).argmin(-1)
+
+computed in float32, ties broken by the lowest code index (``torch.argmin`` returns the first
+minimum).  The brute force materialises ``G x B x N x d`` values, which is impossible at the
+paper's sizes (256 groups x 262,144 codes x batch 128 = 34 GB of distances alone), so we:
+
+1. use the expansion ``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``, dropping the per-query
+   constant ``||x||^2`` and precomputing ``||c||^2`` once: one ``baddbmm`` per chunk gives
+   ``a[g, b, n] = ||c_n||^2 - 2 x_b.c_n`` (no sqrt, unlike ``cdist``);
+2. walk over chunks of (groups x batch x codes) whose distance block fits the memory budget,
+   keeping for each query the running best value/index and the second-best value;
+3. *certify* each answer: the expansion has a rounding error bounded by
+   ``tol ~ (d + 2) * 2^-24 * (||x||^2 + max ||c||^2)``.  When the gap between the best and the
+   second-best expanded value exceeds ``tol`` the expanded argmin is provably the fp32 argmin
+   of the direct formula.  The rare queries that fail the certificate (near ties, duplicated
+   codes) are re-solved with the direct formula, chunked, so the final result is exact.
+
+Everything runs in float32 even under autocast, and TF32 is switched off for the duration of the
+search on CUDA (TF32's 10-bit mantissa would make the certificate fail far too often).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from revq.errors import ConfigError
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of scratch space for one distance block
+_F32 = 4  # bytes per float32
+# safety factor on the rounding-error bound of the expansion (see `_tolerance`)
+_TOL_SAFETY = 4.0
+
+
+@contextlib.contextmanager
+def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
+    """Disable TF32 / reduced-precision fp32 matmuls for CUDA searches, restoring them after."""
+    if device.type != "cuda":
+        yield
+        return
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    prev_prec = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        yield
+    finally:
+        torch.set_float32_matmul_precision(prev_prec)
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+
+
+def _chunk_sizes(groups: int, batch: int, codes: int, budget_elems: int) -> tuple[int, int, int]:
+    """Pick (groups, batch, codes) per block so that one fp32 block has <= budget_elems values.
+
+    Prefer whole code ranges (no merging across code chunks), then whole batches, then split.
+    """
+    budget_elems = max(int(budget_elems), 1)
+    per_group = batch * codes
+    if per_group <= budget_elems:
+        return min(groups, budget_elems // per_group), batch, codes
+    if codes <= budget_elems:
+        return 1, max(1, budget_elems // codes), codes
+    # a single query row against all codes does not fit: chunk codes too
+    return 1, 1, budget_elems
+
+
+def _tolerance(x_sq: Tensor, c_sq_max: Tensor, d: int) -> Tensor:
+    """Bound on |expanded - direct| differences between two candidates, per query.
+
+    With unit roundoff u = 2^-24 and gamma_k = k u / (1 - k u), the expanded value
+    ``||c||^2 - 2 x.c`` is within ``gamma_{d+2} (||c||^2 + 2 |x||c|) <= 2 gamma_{d+2} (||x||^2 + ||c||^2)``
+    of the true value, and the direct ``sum((x - c)^2)`` within ``gamma_{d+1} ||x - c||^2
+    <= 2 gamma_{d+1} (||x||^2 + ||c||^2)``.  Comparing two candidates doubles everything, so a gap
+    above ``8 gamma_{d+2} (||x||^2 + max ||c||^2)`` proves the order.  ``_TOL_SAFETY`` adds margin
+    for the rounding of the norms themselves.
+    """
+    u = 2.0**-24
+    gamma = (d + 2) * u / (1 - (d + 2) * u)
+    return (_TOL_SAFETY * 8.0 * gamma) * (x_sq + c_sq_max)
+
+
+def _exact_rows(x: Tensor, codebooks: Tensor, g_idx: Tensor, b_idx: Tensor, budget_elems: int) -> Tensor:
+    """Direct-formula argmin for selected (group, query) pairs; chunked over rows and codes."""
+    G, N, d = codebooks.shape
+    out = torch.empty(g_idx.numel(), dtype=torch.long, device=x.device)
+    # one row against a code chunk costs nc * d values for the difference tensor (+ nc for the sum)
+    nc = max(1, min(N, budget_elems // (d + 1)))
+    rows_per = max(1, budget_elems // (nc * (d + 1)))
+    for start in range(0, g_idx.numel(), rows_per):
+        gi = g_idx[start : start + rows_per]
+        q = x[gi, b_idx[start : start + rows_per]]  # (k, d)
+        best_v = torch.full((gi.numel(),), math.inf, device=x.device)
+        best_i = torch.zeros(gi.numel(), dtype=torch.long, device=x.device)
+        for n0 in range(0, N, nc):
+            cb = codebooks[gi, n0 : n0 + nc]  # (k, nc, d)
+            dist = ((q[:, None, :] - cb) ** 2).sum(-1)  # (k, nc): the reference formula
+            v, i = dist.min(-1)
+            better = v < best_v  # strict: earlier chunks (lower indices) win ties
+            best_v = torch.where(better, v, best_v)
+            best_i = torch.where(better, i + n0, best_i)
+        out[start : start + rows_per] = best_i
+    return out
+
+
+@torch.no_grad()
+def nearest_code(
+    x: Tensor,
+    codebooks: Tensor,
+    *,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
+    codebook_sq_norms: Tensor | None = None,
+    exact: bool = True,
+) -> Tensor:
+    """Index of the nearest code (squared L2, fp32, ties -> lowest index) for every query.
+
+    Args:
+        x: queries (G, B, d): group g's queries are matched against ``codebooks[g]`` only.
+        codebooks: (G, N, d).
+        memory_budget_bytes: scratch memory for one distance block (G_c x B_c x N_c fp32 values);
+            peak extra memory stays close to this (plus O(G B) bookkeeping).
+        codebook_sq_norms: optional precomputed ``||c||^2`` (G, N) in fp32 (saves one pass when
+            the caller searches the same codebook many times).
+        exact: certify and repair near ties (default).  ``False`` returns the raw argmin of the
+            expansion, which may differ from the direct formula on near ties.
+
+    Returns:
+        (G, B) int64 indices into each group's codebook.
+    """
+    if x.dim() != 3 or codebooks.dim() != 3:
+        raise ConfigError(f"nearest_code expects x (G,B,d) and codebooks (G,N,d); got {tuple(x.shape)} and {tuple(codebooks.shape)}")
+    G, B, d = x.shape
+    Gc, N, dc = codebooks.shape
+    if Gc != G or dc != d:
+        raise ConfigError(f"x {tuple(x.shape)} and codebooks {tuple(codebooks.shape)} disagree on groups or d")
+    if memory_budget_bytes < _F32:
+        raise ConfigError("memory_budget_bytes must allow at least one float32")
+    device = x.device
+    out_idx = torch.empty(G, B, dtype=torch.long, device=device)
+    if B == 0 or G == 0:
+        return out_idx
+    if N == 0:
+        raise ConfigError("codebooks are empty (N = 0)")
+
+    with torch.autocast(device_type=device.type, enabled=False), _ieee_fp32_matmul(device):
+        x = x.detach().float()
+        codebooks = codebooks.detach().float()
+        if codebook_sq_norms is None:
+            c_sq = codebooks.pow(2).sum(-1)  # (G, N): ||c||^2, computed once
+        else:
+            c_sq = codebook_sq_norms.detach().float()
+        budget_elems = memory_budget_bytes // _F32
+        gs, bs, ns = _chunk_sizes(G, B, N, budget_elems)
+
+        best_v = torch.empty(G, B, device=device)
+        second_v = torch.empty(G, B, device=device)
+        cT = codebooks.transpose(1, 2)  # (G, d, N) view, no copy
+        for g0 in range(0, G, gs):
+            g1 = min(G, g0 + gs)
+            for b0 in range(0, B, bs):
+                b1 = min(B, b0 + bs)
+                xb = x[g0:g1, b0:b1]  # (g, b, d)
+                bv = bsec = bi = None
+                for n0 in range(0, N, ns):
+                    n1 = min(N, n0 + ns)
+                    # a[g, b, n] = ||c_n||^2 - 2 x_b . c_n   (g, b, n): one batched GEMM
+                    a = torch.baddbmm(c_sq[g0:g1, None, n0:n1], xb, cT[g0:g1, :, n0:n1], beta=1.0, alpha=-2.0)
+                    v1, i1 = a.min(-1)  # first minimum -> lowest index on exact ties
+                    if exact:
+                        if n1 - n0 > 1:
+                            a.scatter_(-1, i1[..., None], math.inf)  # in place: no extra block
+                            v2 = a.amin(-1)
+                        else:
+                            v2 = torch.full_like(v1, math.inf)
+                    else:
+                        v2 = v1
+                    i1 = i1 + n0
+                    if bv is None:
+                        bv, bsec, bi = v1, v2, i1
+                    else:
+                        better = v1 < bv  # strict: the earlier (lower-index) chunk wins ties
+                        bsec = torch.where(better, torch.minimum(bv, v2), torch.minimum(bsec, v1))
+                        bv = torch.where(better, v1, bv)
+                        bi = torch.where(better, i1, bi)
+                    del a
+                out_idx[g0:g1, b0:b1] = bi
+                best_v[g0:g1, b0:b1] = bv
+                second_v[g0:g1, b0:b1] = bsec
+        if not exact:
+            return out_idx
+
+        # certificate (see `_tolerance`): gap between best and second-best expanded values
+        x_sq = x.pow(2).sum(-1)  # (G, B)
+        tol = _tolerance(x_sq, c_sq.amax(-1, keepdim=True), d)
+        uncertain = ~((second_v - best_v) > tol)  # also catches NaN / inf
+        if bool(uncertain.any()):
+            g_idx, b_idx = uncertain.nonzero(as_tuple=True)
+            out_idx[g_idx, b_idx] = _exact_rows(x, codebooks, g_idx, b_idx, budget_elems)
+    return out_idx
+
+
+def nearest_code_bruteforce(x: Tensor, codebooks: Tensor) -> Tensor:
+    """Reference: direct formula, whole (G, B, N, d) tensor.  Tests and tiny problems only."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.detach().float()
+        codebooks = codebooks.detach().float()
+        return ((x[:, :, None, :] - codebooks[:, None, :, :]) ** 2).sum(-1).argmin(-1)

@@ -1,0 +1,88 @@
+"""nearest_code must equal the direct fp32 brute force, exactly, whatever the chunking."""
+
+import pytest
+import torch
+
+from revq.errors import ConfigError
+from revq.search import _chunk_sizes, nearest_code, nearest_code_bruteforce
+
+
+@pytest.mark.parametrize("G,B,N,d", [(3, 50, 200, 4), (1, 300, 1000, 2), (5, 17, 33, 8), (2, 1, 1, 3), (4, 9, 7, 1)])
+def test_matches_bruteforce_all_chunkings(G, B, N, d):
+    gen = torch.Generator().manual_seed(G * 1000 + N)
+    x = torch.randn(G, B, d, generator=gen)
+    c = torch.randn(G, N, d, generator=gen)
+    ref = nearest_code_bruteforce(x, c)
+    budgets = {
+        2**30: "unchunked",
+        4 * B * N * 2: "groups chunked",
+        4 * N * max(1, B // 3): "batch chunked",
+        4 * max(1, N // 3 + 1): "codes chunked (one query row per block)",
+        4: "one value per block",
+    }
+    for budget, what in budgets.items():
+        if budget == 4 and G * B * N > 5000:
+            continue
+        assert torch.equal(nearest_code(x, c, memory_budget_bytes=budget), ref), what
+
+
+@pytest.mark.parametrize("budget", [8, 40, 2**30])
+def test_ties_go_to_lowest_index(budget):
+    gen = torch.Generator().manual_seed(0)
+    c = torch.randn(2, 50, 4, generator=gen)
+    c[:, 30] = c[:, 10]
+    c[:, 40] = c[:, 10]
+    x = c[:, [40, 30, 10, 5]].clone()
+    out = nearest_code(x, c, memory_budget_bytes=budget)
+    assert out.tolist() == [[10, 10, 10, 5]] * 2
+    # exactly equidistant, distinct codes: 0 between -1 and +1 (listed high index first)
+    c2 = torch.tensor([[[5.0], [1.0], [-1.0], [7.0]]])
+    assert nearest_code(torch.zeros(1, 1, 1), c2, memory_budget_bytes=budget).item() == 1
+
+
+def test_exact_where_the_expansion_is_not():
+    """Large offsets make ||x||^2 - 2xc + ||c||^2 cancel badly; the certificate must repair it."""
+    gen = torch.Generator().manual_seed(1)
+    off = 3000.0
+    c = off + 0.01 * torch.randn(8, 400, 4, generator=gen)
+    x = off + 0.01 * torch.randn(8, 64, 4, generator=gen)
+    ref = nearest_code_bruteforce(x, c)
+    raw = nearest_code(x, c, exact=False)
+    assert (raw != ref).any(), "test data no longer stresses the expansion"
+    for budget in (1024, 2**30):
+        assert torch.equal(nearest_code(x, c, memory_budget_bytes=budget), ref)
+
+
+def test_near_ties_one_ulp_apart():
+    c = torch.tensor([[[1.0, 0.0], [torch.nextafter(torch.tensor(1.0), torch.tensor(2.0)).item(), 0.0], [-3.0, 0.0]]])
+    x = torch.tensor([[[2.0, 0.0], [0.5, 0.0]]])
+    assert torch.equal(nearest_code(x, c), nearest_code_bruteforce(x, c))
+
+
+def test_fp32_under_autocast_and_half_inputs():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 64, 4, generator=gen)
+    c = torch.randn(4, 300, 4, generator=gen)
+    ref = nearest_code_bruteforce(x, c)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(nearest_code(x, c, memory_budget_bytes=4096), ref)
+    xb, cb = x.bfloat16(), c.bfloat16()
+    assert torch.equal(nearest_code(xb, cb), nearest_code_bruteforce(xb.float(), cb.float()))
+
+
+def test_precomputed_norms_and_errors():
+    x = torch.randn(2, 5, 3)
+    c = torch.randn(2, 11, 3)
+    assert torch.equal(nearest_code(x, c, codebook_sq_norms=c.pow(2).sum(-1)), nearest_code_bruteforce(x, c))
+    with pytest.raises(ConfigError):
+        nearest_code(x, torch.randn(3, 11, 3))
+    with pytest.raises(ConfigError):
+        nearest_code(x, torch.randn(2, 11, 4))
+
+
+@pytest.mark.parametrize("G,B,N", [(256, 128, 262144), (512, 128, 16384), (1, 4096, 10**7), (3, 2, 5)])
+def test_chunks_respect_the_budget(G, B, N):
+    budget = 512 * 2**20
+    gs, bs, ns = _chunk_sizes(G, B, N, budget // 4)
+    assert gs * bs * ns * 4 <= budget
+    assert 1 <= gs <= G and 1 <= bs <= B and 1 <= ns <= N
