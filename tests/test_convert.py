@@ -479,7 +479,17 @@ def test_tokenizer_hub_hook(tmp_path, monkeypatch):
     snapshot = tmp_path / "snapshot"
     rel = make_release(snapshot, "256T_NC=262144", 256, 16, 64, 1, seed=7)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: str(snapshot))
+
+    def fake_download(repo_id, filename, local_dir=None, **kw):  # if the tokenizer asks per file
+        import shutil
+
+        target = Path(local_dir) / filename
+        shutil.copyfile(snapshot / filename, target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     monkeypatch.setenv("REVQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     out = tokenizer.resolve_model_dir("AndyRaoTHU/revq-256T-L")
     assert str(out).startswith(str(tmp_path / "cache"))
     from revq.model import ReVQ
