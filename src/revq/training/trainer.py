@@ -233,6 +233,11 @@ def _stats_for(cfg: TrainConfig, cache) -> tuple[torch.Tensor, torch.Tensor] | N
 def validate_setup(cfg: TrainConfig, train_cache, val_cache=None, *, world_size: int = 1) -> None:
     """Every check that can fail *before* any work is done."""
     m = cfg.model
+    ae, resolution = cache_autoencoder(train_cache)
+    if ae is not None and m.autoencoder.name and ae != m.autoencoder.name:
+        raise ConfigError(f"the latent cache was made by autoencoder {ae!r} but the config names "
+                          f"{m.autoencoder.name!r}; use a cache of the right autoencoder or "
+                          f"--set model.autoencoder.name={ae}")
     shape = tuple(int(v) for v in train_cache.latent_shape)
     if shape != tuple(m.latent_shape):
         # the cache decides the latent shape; re-validate token counts against it
@@ -244,11 +249,6 @@ def validate_setup(cfg: TrainConfig, train_cache, val_cache=None, *, world_size:
         m.latent_shape = shape
         m.autoencoder.latent_shape = shape
         m.validate()
-    ae, resolution = cache_autoencoder(train_cache)
-    if ae is not None and m.autoencoder.name and ae != m.autoencoder.name:
-        raise ConfigError(f"the latent cache was made by autoencoder {ae!r} but the config names "
-                          f"{m.autoencoder.name!r}; use a cache of the right autoencoder or "
-                          f"--set model.autoencoder.name={ae}")
     if resolution is not None:
         m.autoencoder.resolution = int(resolution)
     n = len(train_cache)
