@@ -503,3 +503,45 @@ def test_tokenizer_hub_hook(tmp_path, monkeypatch):
 
     with pytest.raises(MissingResourceError, match=r"(?s)preprocessor\.pth.*revq convert-official"):
         convert_snapshot(snapshot, tmp_path / "x", repo_id="AndyRaoTHU/revq-256T-L")
+
+
+# ------------------------------------------------------------------------------ end to end
+def test_tokenizer_end_to_end_with_dcae_backend(tmp_path, small_release):
+    """Images -> our Tokenizer (our diffusers DC-AE backend) == the authors' image pipeline.
+
+    A tiny random ``AutoencoderDC`` stands in for DC-AE (f32, 32 latent channels) with the real
+    model's ``scaling_factor``: this pins the latent-scale convention between revq's backend
+    (scaled latents) and the authors' code (raw ``vae.encode(x).latent``).
+    """
+    from diffusers import AutoencoderDC
+
+    from revq.autoencoders.diffusers_backend import DiffusersAutoencoder
+    from revq.convert import DCAE_ID, DCAE_SCALING_FACTOR, convert_official
+    from revq.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    vae = AutoencoderDC(
+        in_channels=3, latent_channels=32, encoder_block_types="ResBlock", decoder_block_types="ResBlock",
+        encoder_block_out_channels=(8, 8, 16, 16, 32, 32), decoder_block_out_channels=(8, 8, 16, 16, 32, 32),
+        encoder_layers_per_block=(1,) * 6, decoder_layers_per_block=(1,) * 6,
+        encoder_qkv_multiscales=((),) * 6, decoder_qkv_multiscales=((),) * 6,
+        upsample_block_type="interpolate", downsample_block_type="Conv",
+        decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=DCAE_SCALING_FACTOR,
+    ).eval()
+    ae = DiffusersAutoencoder(vae, name=DCAE_ID).freeze()
+    out = tmp_path / "model"
+    rel = small_release
+    convert_official(rel["checkpoint"], rel["config"], rel["preprocessor"], out)
+    tok = Tokenizer.from_pretrained(out, autoencoder=ae)
+    assert tok.resolution == 256
+
+    images = torch.rand(2, 3, 256, 256)
+    tokens = tok.encode(images)
+    with torch.no_grad():  # the authors' pipeline (their eval script), on the raw latent
+        raw = vae.encode(images * 2 - 1).latent
+        want = reference_tokens(raw, rel)
+        assert torch.equal(tokens, want)
+        _, lat = reference_decode(want, rel)
+        want_images = ((vae.decode(lat).sample + 1) / 2).clamp(0, 1)
+        got_images = tok.decode(tokens)
+    torch.testing.assert_close(got_images, want_images, rtol=0, atol=1e-4)
