@@ -69,7 +69,7 @@ def collect_series(records: list[dict]) -> dict[str, dict[str, tuple[list, list]
             lower = key.lower()
             if "loss" in lower or "mse" in lower:
                 group = "loss"
-            elif "usage" in lower or "perplexity" in lower or "reset" in lower:
+            elif "usage" in lower or "perplexity" in lower:
                 group = "usage"
             else:
                 continue
