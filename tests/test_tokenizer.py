@@ -147,3 +147,16 @@ def test_known_converter_hook(tok, tmp_path, monkeypatch, fake_registry):
     monkeypatch.delitem(T.KNOWN_CONVERTERS, "authors/revq-test")
     with pytest.raises(MissingResourceError, match="no revq config.json"):
         T.Tokenizer.from_pretrained("authors/revq-other")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(tok):
+    gpu = T.Tokenizer(H.UnshuffleAE().freeze(), H.tiny_model()).to("cuda")
+    x = H.images(9, seed=11)
+    ref = tok.encode(x)
+    tokens = gpu.encode(x)  # CPU images in, tokens on the model's device
+    assert tokens.device.type == "cuda"
+    assert (tokens.cpu() == ref).float().mean() > 0.95  # GPU float math may flip rare near-ties
+    images = gpu.decode(ref)
+    assert images.device.type == "cuda"
+    assert torch.allclose(images.cpu(), tok.decode(ref), atol=1e-4)
