@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-output", help="output folder (default ./demo-output)")
     parser.add_argument("--data", help="Tiny-ImageNet folder (default: $REVQ_DATA_DIR or ../shared/data/tiny-imagenet-200)")
     parser.add_argument("--preset", default="cpu-512t", help="training preset (default cpu-512t)")
-    parser.add_argument("--num-train", type=int, default=4000, help="training images (default 4000)")
+    parser.add_argument("--num-train", type=int, default=3000, help="training images (default 3000)")
     parser.add_argument("--num-val", type=int, default=1000, help="held-out images for validation and evaluation (default 1000)")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs (default 6)")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training config field (repeatable)")
