@@ -110,3 +110,25 @@ def test_sigkill_at_arbitrary_moment_then_resume_is_bit_identical(data, tmp_path
     again = run_cli(["train", "--out", str(run), "--resume", "--no-progress"])
     assert again.returncode == 0, again.stderr
     assert all(torch.equal(a[k], v) for k, v in _final_weights(run).items())
+
+
+def test_demo_without_data_says_what_to_get(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("REVQ_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["demo", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert "Tiny-ImageNet-64 images not found" in err and "REVQ_DATA_DIR" in err and "tiny-imagenet-200.zip" in err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_small(tmp_path):
+    from revq.paths import tiny_imagenet_dir
+
+    if tiny_imagenet_dir() is None:
+        pytest.skip("no Tiny-ImageNet shards (../shared/data or REVQ_DATA_DIR)")
+    r = run_cli(["demo", "--out", str(tmp_path / "demo"), "--num-train", "1100", "--num-val", "40",
+                 "--epochs", "1", "--no-progress"], timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert summary["eval"]["num_images"] == 40 and summary["eval"]["psnr"] > 15
+    for name in ("report.html", "reconstructions.png", "eval.json", "metrics.jsonl", "model/model.safetensors"):
+        assert (tmp_path / "demo" / "run" / name).exists(), name
