@@ -651,8 +651,21 @@ def _fetch_preprocessor_from_github(target: Path) -> None:
     # content is validated (keys, shapes, finite, std > 0) by load_official_preprocessor
 
 
-def _fetch(release: OfficialRelease, name: str, target: Path, local_files_only: bool) -> str | None:
-    """Put ``name`` of ``release`` at ``target``; return None on success, else why it failed."""
+def _is_unreachable(error: BaseException) -> bool:
+    """True when the hub could not be reached at all (as opposed to a missing file)."""
+    name = type(error).__name__
+    if name in ("EntryNotFoundError", "RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
+        return False
+    return name == "LocalEntryNotFoundError" or isinstance(error, (OSError, ConnectionError, TimeoutError))
+
+
+def _fetch(release: OfficialRelease, name: str, target: Path, state: dict) -> str | None:
+    """Put ``name`` of ``release`` at ``target``; return None on success, else why it failed.
+
+    ``state["offline"]`` becomes True after the first unreachable-hub failure so that the other
+    files do not each wait through huggingface_hub's retries (and GitHub is not tried).
+    """
+    local_files_only = bool(state.get("offline"))
     try:
         import huggingface_hub
 
@@ -670,6 +683,9 @@ def _fetch(release: OfficialRelease, name: str, target: Path, local_files_only: 
     except Exception as error:  # offline, 404, gated, proxy ... all end in the same advice
         log.debug("download of %s/%s failed: %r", release.repo_id, name, error)
         failure = f"{name}: {type(error).__name__}"
+        if _is_unreachable(error):
+            state["offline"] = True
+            local_files_only = True
     if name == PREPROCESSOR_FILE and not local_files_only:
         try:
             _fetch_preprocessor_from_github(target)
@@ -691,14 +707,20 @@ def _download(
     if only is not None:
         wanted = {k: v for k, v in wanted.items() if k in only}
     paths = {kind: download / name for kind, name in wanted.items()}
+    state = {"offline": local_files_only}
     failures = [
         failure
         for kind, path in paths.items()
-        if not path.is_file() and (failure := _fetch(release, wanted[kind], path, local_files_only))
+        if not path.is_file() and (failure := _fetch(release, wanted[kind], path, state))
     ]
     missing = [wanted[k] for k, p in paths.items() if not p.is_file()]
     if missing:
-        reason = "offline (HF_HUB_OFFLINE is set)" if local_files_only else "download failed: " + "; ".join(failures)
+        if local_files_only:
+            reason = "offline (HF_HUB_OFFLINE is set)"
+        elif state["offline"]:
+            reason = "the Hugging Face Hub is unreachable"
+        else:
+            reason = "download failed: " + "; ".join(failures)
         raise MissingResourceError(_offline_message(release, download, f"{reason}; missing {missing}"))
     return paths
 
