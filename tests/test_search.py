@@ -83,6 +83,24 @@ def test_precomputed_norms_and_errors():
 @pytest.mark.parametrize("G,B,N", [(256, 128, 262144), (512, 128, 16384), (1, 4096, 10**7), (3, 2, 5)])
 def test_chunks_respect_the_budget(G, B, N):
     budget = 512 * 2**20
-    gs, bs, ns = _chunk_sizes(G, B, N, budget // 4)
-    assert gs * bs * ns * 4 <= budget
-    assert 1 <= gs <= G and 1 <= bs <= B and 1 <= ns <= N
+    for per_code in (0, 17):
+        gs, bs, ns = _chunk_sizes(G, B, N, budget // 4, per_code=per_code)
+        assert gs * ns * (bs + per_code) * 4 <= budget
+        assert 1 <= gs <= G and 1 <= bs <= B and 1 <= ns <= N
+    assert _chunk_sizes(256, 128, 262144, budget // 4, per_code=17) == (3, 128, 262144)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is measured on CUDA")
+def test_peak_memory_on_cuda_large_problem():
+    dev = torch.device("cuda")
+    x = torch.randn(256, 128, 8, device=dev)
+    c = torch.randn(256, 262144, 8, device=dev)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = nearest_code(x, c, memory_budget_bytes=512 * 2**20)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base <= 512 * 2**20 * 1.05
+    sample = torch.arange(0, 256, 37, device=dev)
+    ref = torch.stack([nearest_code_bruteforce(x[g : g + 1, :16], c[g : g + 1])[0] for g in sample.tolist()])
+    assert torch.equal(out[sample, :16], ref)

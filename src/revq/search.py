@@ -59,19 +59,21 @@ def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
 
 
-def _chunk_sizes(groups: int, batch: int, codes: int, budget_elems: int) -> tuple[int, int, int]:
-    """Pick (groups, batch, codes) per block so that one fp32 block has <= budget_elems values.
+def _chunk_sizes(groups: int, batch: int, codes: int, budget_elems: int, *, per_code: int = 0) -> tuple[int, int, int]:
+    """Pick (groups, batch, codes) per block so that one block's scratch fits budget_elems values.
 
-    Prefer whole code ranges (no merging across code chunks), then whole batches, then split.
+    A block of (g, b, n) costs ``g * n * (b + per_code)`` values: the (g, b, n) distance block plus
+    ``per_code`` values per code for the block's fp32 codes and their squared norms.  Prefer whole
+    code ranges (no merging across code chunks), then whole batches, then split the codes.
     """
     budget_elems = max(int(budget_elems), 1)
-    per_group = batch * codes
+    per_group = codes * (batch + per_code)
     if per_group <= budget_elems:
         return min(groups, budget_elems // per_group), batch, codes
-    if codes <= budget_elems:
-        return 1, max(1, budget_elems // codes), codes
-    # a single query row against all codes does not fit: chunk codes too
-    return 1, 1, budget_elems
+    per_row = codes * (1 + per_code)
+    if per_row <= budget_elems:
+        return 1, min(batch, max(1, budget_elems // codes - per_code)), codes
+    return 1, 1, max(1, budget_elems // (1 + per_code))
 
 
 def _tolerance(x_sq: Tensor, c_sq_max: Tensor, d: int) -> Tensor:
@@ -93,16 +95,17 @@ def _exact_rows(x: Tensor, codebooks: Tensor, g_idx: Tensor, b_idx: Tensor, budg
     """Direct-formula argmin for selected (group, query) pairs; chunked over rows and codes."""
     G, N, d = codebooks.shape
     out = torch.empty(g_idx.numel(), dtype=torch.long, device=x.device)
-    # one row against a code chunk costs nc * d values for the difference tensor (+ nc for the sum)
-    nc = max(1, min(N, budget_elems // (d + 1)))
-    rows_per = max(1, budget_elems // (nc * (d + 1)))
+    # one row against a code chunk: gathered codes, their fp32 copy, difference, square (4d) + sum
+    per = 4 * d + 1
+    nc = max(1, min(N, budget_elems // per))
+    rows_per = max(1, budget_elems // (nc * per))
     for start in range(0, g_idx.numel(), rows_per):
         gi = g_idx[start : start + rows_per]
         q = x[gi, b_idx[start : start + rows_per]]  # (k, d)
         best_v = torch.full((gi.numel(),), math.inf, device=x.device)
         best_i = torch.zeros(gi.numel(), dtype=torch.long, device=x.device)
         for n0 in range(0, N, nc):
-            cb = codebooks[gi, n0 : n0 + nc]  # (k, nc, d)
+            cb = codebooks[gi, n0 : n0 + nc].float()  # (k, nc, d)
             dist = ((q[:, None, :] - cb) ** 2).sum(-1)  # (k, nc): the reference formula
             v, i = dist.min(-1)
             better = v < best_v  # strict: earlier chunks (lower indices) win ties
@@ -112,6 +115,7 @@ def _exact_rows(x: Tensor, codebooks: Tensor, g_idx: Tensor, b_idx: Tensor, budg
     return out
 
 
+@torch.compiler.disable  # python-level chunk loop + data-dependent repair: keep it out of graphs
 @torch.no_grad()
 def nearest_code(
     x: Tensor,
@@ -152,18 +156,16 @@ def nearest_code(
         raise ConfigError("codebooks are empty (N = 0)")
 
     with torch.autocast(device_type=device.type, enabled=False), _ieee_fp32_matmul(device):
-        x = x.detach().float()
-        codebooks = codebooks.detach().float()
-        if codebook_sq_norms is None:
-            c_sq = codebooks.pow(2).sum(-1)  # (G, N): ||c||^2, computed once
-        else:
-            c_sq = codebook_sq_norms.detach().float()
+        x = x.detach().float()  # (G, B, d): small
+        codebooks = codebooks.detach()  # converted to fp32 block by block (no full copy)
+        c_sq_given = codebook_sq_norms.detach().float() if codebook_sq_norms is not None else None
         budget_elems = memory_budget_bytes // _F32
-        gs, bs, ns = _chunk_sizes(G, B, N, budget_elems)
+        # per code in a block: its fp32 copy and the temporary of ||c||^2 (2d) + the norm itself (1)
+        gs, bs, ns = _chunk_sizes(G, B, N, budget_elems, per_code=2 * d + 1)
 
         best_v = torch.empty(G, B, device=device)
         second_v = torch.empty(G, B, device=device)
-        cT = codebooks.transpose(1, 2)  # (G, d, N) view, no copy
+        c_sq_max = torch.full((G,), -math.inf, device=device)  # for the certificate
         for g0 in range(0, G, gs):
             g1 = min(G, g0 + gs)
             for b0 in range(0, B, bs):
@@ -172,17 +174,23 @@ def nearest_code(
                 bv = bsec = bi = None
                 for n0 in range(0, N, ns):
                     n1 = min(N, n0 + ns)
-                    # a[g, b, n] = ||c_n||^2 - 2 x_b . c_n   (g, b, n): one batched GEMM
-                    a = torch.baddbmm(c_sq[g0:g1, None, n0:n1], xb, cT[g0:g1, :, n0:n1], beta=1.0, alpha=-2.0)
-                    v1, i1 = a.min(-1)  # first minimum -> lowest index on exact ties
-                    if exact:
-                        if n1 - n0 > 1:
-                            a.scatter_(-1, i1[..., None], math.inf)  # in place: no extra block
-                            v2 = a.amin(-1)
-                        else:
-                            v2 = torch.full_like(v1, math.inf)
+                    cb = codebooks[g0:g1, n0:n1].float()  # (g, n, d); a view when already fp32
+                    if c_sq_given is None:
+                        c_sq = cb.pow(2).sum(-1)  # (g, n): ||c||^2
                     else:
-                        v2 = v1
+                        c_sq = c_sq_given[g0:g1, n0:n1]
+                    if b0 == 0:
+                        c_sq_max[g0:g1] = torch.maximum(c_sq_max[g0:g1], c_sq.amax(-1))
+                    # a[g, b, n] = ||c_n||^2 - 2 x_b . c_n   (g, b, n): one batched GEMM, no sqrt
+                    a = torch.baddbmm(c_sq[:, None, :], xb, cb.transpose(1, 2), beta=1.0, alpha=-2.0)
+                    del cb, c_sq
+                    v1, i1 = a.min(-1)  # first minimum -> lowest index on exact ties
+                    if exact and n1 - n0 > 1:
+                        a.scatter_(-1, i1[..., None], math.inf)  # in place: no second block
+                        v2 = a.amin(-1)
+                    else:
+                        v2 = torch.full_like(v1, math.inf)
+                    del a
                     i1 = i1 + n0
                     if bv is None:
                         bv, bsec, bi = v1, v2, i1
@@ -191,7 +199,6 @@ def nearest_code(
                         bsec = torch.where(better, torch.minimum(bv, v2), torch.minimum(bsec, v1))
                         bv = torch.where(better, v1, bv)
                         bi = torch.where(better, i1, bi)
-                    del a
                 out_idx[g0:g1, b0:b1] = bi
                 best_v[g0:g1, b0:b1] = bv
                 second_v[g0:g1, b0:b1] = bsec
@@ -200,7 +207,7 @@ def nearest_code(
 
         # certificate (see `_tolerance`): gap between best and second-best expanded values
         x_sq = x.pow(2).sum(-1)  # (G, B)
-        tol = _tolerance(x_sq, c_sq.amax(-1, keepdim=True), d)
+        tol = _tolerance(x_sq, c_sq_max[:, None], d)
         uncertain = ~((second_v - best_v) > tol)  # also catches NaN / inf
         if bool(uncertain.any()):
             g_idx, b_idx = uncertain.nonzero(as_tuple=True)
