@@ -499,6 +499,7 @@ def test_tokenizer_hub_hook(tmp_path, monkeypatch):
     # a snapshot without preprocessor.pth while offline: the message names the files and command
     (snapshot / "preprocessor.pth").unlink()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("REVQ_CACHE_DIR", str(tmp_path / "empty-cache"))  # nothing downloaded before
     from revq.convert import convert_snapshot
 
     with pytest.raises(MissingResourceError, match=r"(?s)preprocessor\.pth.*revq convert-official"):

@@ -21,7 +21,6 @@ import html
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +304,4 @@ def write_report(
     text = build_report_html(run, eval_result=eval_result, grid_png=grid_png, title=title)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o644 & ~umask)  # a page to share: readable like any other file, not 0600
     return path

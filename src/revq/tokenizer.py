@@ -313,6 +313,13 @@ def resolve_model_dir(
         raise MissingResourceError(
             f"{text!r} is neither a model directory nor a Hugging Face Hub id (owner/name)"
         )
+    # The authors' released checkpoints are not in revq's format: revq.convert knows them
+    # (importing it also registers them in KNOWN_CONVERTERS) and gives offline users the exact
+    # files to fetch and the convert command.
+    from revq.convert import convert_from_hub, is_official_id
+
+    if is_official_id(text):
+        return convert_from_hub(text, local_files_only=local_files_only or None)
     try:
         from huggingface_hub import snapshot_download
 
