@@ -134,6 +134,9 @@ def decode_record(
     except Image.DecompressionBombError as error:
         out.skipped = f"decompression bomb: {error}"
         return out
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        out.skipped = f"unreadable file: {type(error).__name__}: {error}"
+        return out
     except UnidentifiedImageError:
         out.skipped = "not an image (unidentified format)"
         return out
@@ -362,6 +365,16 @@ class ImageSource:
         return text
 
 
+def _shards_in(folder: Path) -> list[Path]:
+    """A folder of WebDataset shards (tar files, no class sub-folders) -> its shards, sorted."""
+    if not folder.is_dir():
+        return []
+    entries = list(folder.iterdir())
+    if any(p.is_dir() and not p.name.startswith(".") for p in entries):
+        return []
+    return sorted(p.resolve() for p in entries if _is_tar(p))
+
+
 def _expand_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
     """Paths, glob patterns and ``.txt`` list files -> existing paths (order kept)."""
     if isinstance(inputs, (str, os.PathLike)):
@@ -371,7 +384,11 @@ def _expand_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> l
         text = os.fspath(item)
         path = Path(text).expanduser()
         if path.exists():
-            if path.is_file() and path.suffix == ".txt":
+            shards = _shards_in(path)
+            if shards:
+                logger.info("%s holds tar shards, not class folders: reading %d shards", path, len(shards))
+                out.extend(shards)
+            elif path.is_file() and path.suffix == ".txt":
                 base = path.parent
                 lines = [ln.strip() for ln in path.read_text().splitlines()]
                 out.extend(_expand_inputs([str(base / ln) for ln in lines if ln and not ln.startswith("#")]))

@@ -123,12 +123,6 @@ def _decode_chunk(records: list[Record], options: dict) -> list[Decoded]:
     return [decode_record(r, **options) for r in records]
 
 
-def _worker_init() -> None:
-    # Decoding is single-threaded PIL work: keep workers from spawning thread pools that
-    # fight the encoder for the few cores.
-    torch.set_num_threads(1)
-
-
 def _decoded_stream(
     source: ImageSource, *, start: int, workers: int, chunk: int = 32
 ) -> Iterator[Decoded]:
@@ -152,7 +146,7 @@ def _decoded_stream(
 
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(method)
-    with ctx.Pool(workers, initializer=_worker_init) as pool:
+    with ctx.Pool(workers) as pool:
         pending: deque = deque()
         # only the small options dict travels to the workers, not the source object
         opts = source.options()
