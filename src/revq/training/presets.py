@@ -14,7 +14,8 @@ from revq.config import AutoencoderInfo, RectifierConfig, ReVQConfig
 from revq.errors import ConfigError
 from revq.training.config import TrainConfig
 
-DCAE = AutoencoderInfo(name="mit-han-lab/dc-ae-f32c32-in-1.0-diffusers", resolution=256, latent_shape=(32, 8, 8))
+# The DC-AE the authors trained their released checkpoints on (the paper text says "DC-AE f32c32").
+DCAE = AutoencoderInfo(name="mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers", resolution=256, latent_shape=(32, 8, 8))
 TAEF2 = AutoencoderInfo(name="taef2", resolution=64, latent_shape=(32, 8, 8))
 
 
