@@ -16,17 +16,17 @@ def test_matches_bruteforce_all_chunkings(G, B, N, d):
     budgets = {
         2**30: "unchunked",
         4 * B * N * 2: "groups chunked",
-        4 * N * max(1, B // 3): "batch chunked",
-        4 * max(1, N // 3 + 1): "codes chunked (one query row per block)",
+        4 * B * max(1, N // 3): "codes chunked",
+        4 * max(1, B // 2): "batch chunked (one code per block)",
         4: "one value per block",
     }
     for budget, what in budgets.items():
-        if budget == 4 and G * B * N > 5000:
+        if budget <= 4 * B and G * B * N > 5000:
             continue
         assert torch.equal(nearest_code(x, c, memory_budget_bytes=budget), ref), what
 
 
-@pytest.mark.parametrize("budget", [8, 40, 2**30])
+@pytest.mark.parametrize("budget", [8, 40, 364, 2**30])
 def test_ties_go_to_lowest_index(budget):
     gen = torch.Generator().manual_seed(0)
     c = torch.randn(2, 50, 4, generator=gen)
@@ -88,6 +88,7 @@ def test_chunks_respect_the_budget(G, B, N):
         assert gs * ns * (bs + per_code) * 4 <= budget
         assert 1 <= gs <= G and 1 <= bs <= B and 1 <= ns <= N
     assert _chunk_sizes(256, 128, 262144, budget // 4, per_code=17) == (3, 128, 262144)
+    assert _chunk_sizes(2, 128, 1000, 100 * 145, per_code=17) == (1, 128, 100)  # whole batch, split codes
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is measured on CUDA")

@@ -37,6 +37,9 @@ from torch import Tensor
 from revq.errors import ConfigError
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of scratch space for one distance block
+# On CPU, blocks larger than this are slower (fresh pages for every block, cache misses): the
+# budget is an upper bound, so CPU searches use at most this much even when allowed more.
+CPU_BLOCK_BYTES = 16 * 2**20
 _F32 = 4  # bytes per float32
 # safety factor on the rounding-error bound of the expansion (see `_tolerance`)
 _TOL_SAFETY = 4.0
@@ -64,16 +67,17 @@ def _chunk_sizes(groups: int, batch: int, codes: int, budget_elems: int, *, per_
 
     A block of (g, b, n) costs ``g * n * (b + per_code)`` values: the (g, b, n) distance block plus
     ``per_code`` values per code for the block's fp32 codes and their squared norms.  Prefer whole
-    code ranges (no merging across code chunks), then whole batches, then split the codes.
+    groups; otherwise keep the whole batch and split the codes (a wide GEMM, and merging code
+    chunks costs only O(batch)); split the batch only when not even one code fits.
     """
     budget_elems = max(int(budget_elems), 1)
     per_group = codes * (batch + per_code)
     if per_group <= budget_elems:
         return min(groups, budget_elems // per_group), batch, codes
-    per_row = codes * (1 + per_code)
-    if per_row <= budget_elems:
-        return 1, min(batch, max(1, budget_elems // codes - per_code)), codes
-    return 1, 1, max(1, budget_elems // (1 + per_code))
+    ns = budget_elems // (batch + per_code)
+    if ns >= 1:
+        return 1, batch, min(codes, ns)
+    return 1, max(1, min(batch, budget_elems - per_code)), 1
 
 
 def _tolerance(x_sq: Tensor, c_sq_max: Tensor, d: int) -> Tensor:
@@ -160,6 +164,8 @@ def nearest_code(
         codebooks = codebooks.detach()  # converted to fp32 block by block (no full copy)
         c_sq_given = codebook_sq_norms.detach().float() if codebook_sq_norms is not None else None
         budget_elems = memory_budget_bytes // _F32
+        if device.type == "cpu":
+            budget_elems = min(budget_elems, CPU_BLOCK_BYTES // _F32)
         # per code in a block: its fp32 copy and the temporary of ||c||^2 (2d) + the norm itself (1)
         gs, bs, ns = _chunk_sizes(G, B, N, budget_elems, per_code=2 * d + 1)
 
