@@ -183,3 +183,43 @@ def test_default_window():
     assert (0.9 / math.sqrt(0.999)) ** w <= 1e-4 < (0.9 / math.sqrt(0.999)) ** (w - 1)
     with pytest.raises(ConfigError):
         default_window((0.999, 0.99))
+
+
+def test_trainer_switch_sparse_codebook_adam_step_and_state_roundtrip():
+    from revq.config import RectifierConfig, ReVQConfig
+    from revq.model import ReVQ
+    from revq.training import trainer as T
+    from revq.training.checkpoint import flatten_optimizer, unflatten_optimizer
+    from revq.training.config import TrainConfig
+
+    mcfg = ReVQConfig(latent_shape=(4, 2, 2), num_tokens=8, codebook_size=16,
+                      rectifier=RectifierConfig(kind="cnn", width=8, depth=1))
+    cfg = TrainConfig(model=mcfg, sparse_codebook_adam=True, lr=0.05)
+    torch.manual_seed(0)
+    model = ReVQ(mcfg)
+    ref = ReVQ(mcfg)
+    ref.load_state_dict(model.state_dict())
+    opt = T.build_optimizer(model, cfg)
+    assert isinstance(opt, RowSparseAdamW)
+    cfg_dense = TrainConfig(model=mcfg, lr=0.05)
+    ref_opt = T.build_optimizer(ref, cfg_dense)
+    for _ in range(3):
+        z = torch.randn(5, 4, 2, 2)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            out = m(z)
+            o.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            T.clip_per_group(o, 1e-3)  # small: clipping is active
+            o.step()
+    assert model.quantizer.codebooks.grad is None or model.quantizer.codebooks.grad.is_sparse
+    # 3 steps < window: identical to the dense trainer optimizer (fp32 summation order aside)
+    torch.testing.assert_close(model.quantizer.codebooks, ref.quantizer.codebooks, rtol=1e-5, atol=1e-6)
+    for a, b in zip(model.rectifier.parameters(), ref.rectifier.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    tensors, meta = flatten_optimizer(opt.state_dict())
+    opt2 = T.build_optimizer(model, cfg)
+    opt2.load_state_dict(unflatten_optimizer(tensors, meta))
+    st = opt2.state[model.quantizer.codebooks]
+    assert st["last_update"].dtype == torch.int32 and st["active"].dtype == torch.long
+    T.zero_moments(opt2, model.quantizer.codebooks, [torch.tensor([0, 1])] + [torch.tensor([], dtype=torch.long)] * 7)
+    assert float(st["exp_avg"][0, :2].abs().sum()) == 0.0

@@ -59,6 +59,8 @@ class TrainConfig:
     final_lr_ratio: float = 0.05  # lr at the end of training / base lr
     warmup_steps: int = 0  # linear warm-up (any schedule)
     bf16: bool = False  # bf16 autocast for the rectifier (quantizer and codebooks stay fp32)
+    sparse_codebook_adam: bool = False  # row-sparse AdamW for the codebooks (revq.training.optim): sparse row
+    # gradients, only rows with a gradient in the last ~90 steps are updated (dense AdamW otherwise); for huge codebooks
     init_method: str = "random"  # codebook initialisation from training latents
     init_samples: int = 65536  # latents drawn for initialisation: min(len(data), max(N, this))
     reset_every_epochs: int = 1  # non-activation reset period in epochs; 0 = never (ablation)

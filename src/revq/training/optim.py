@@ -150,6 +150,22 @@ class RowSparseAdamW(torch.optim.Optimizer):
             window = default_window(betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, window=int(window)))
 
+    _INT_STATE = {"last_update": torch.int32, "last_touch": torch.int32, "pos": torch.int32, "active": torch.long}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, but integer row bookkeeping is not cast to the parameter dtype (float32 would
+        corrupt row ids above 2**24)."""
+        state_dict = dict(state_dict)
+        state = {k: dict(v) for k, v in state_dict["state"].items()}
+        ints = {k: {n: v.pop(n) for n in list(v) if n in self._INT_STATE} for k, v in state.items()}
+        state_dict["state"] = state
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for k, entries in ints.items():
+            p = params[int(k)]
+            for n, v in entries.items():
+                self.state[p][n] = v.to(device=p.device, dtype=self._INT_STATE[n])
+
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
         loss = None

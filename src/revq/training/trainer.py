@@ -284,6 +284,10 @@ def build_model(cfg: TrainConfig, train_cache):
 def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with two groups: codebooks (lr, no weight decay) and everything else (rectifier,
     optional pre-encoder: lr x ratio, weight decay)."""
+    if cfg.sparse_codebook_adam:  # same groups, sparse codebook gradients + row-sparse update
+        from revq.training.optim import build_row_sparse_optimizer
+
+        return build_row_sparse_optimizer(model, cfg)
     codebooks = [model.quantizer.codebooks]
     cb_ids = {id(p) for p in codebooks}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in cb_ids]
@@ -300,7 +304,12 @@ def clip_per_group(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     if max_norm <= 0:
         return
     for group in optimizer.param_groups:
-        torch.nn.utils.clip_grad_norm_(group["params"], max_norm, foreach=True)
+        if any(p.grad is not None and p.grad.is_sparse for p in group["params"]):
+            from revq.training.optim import clip_grad_norm_
+
+            clip_grad_norm_(group["params"], max_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(group["params"], max_norm, foreach=True)
 
 
 def zero_moments(optimizer: torch.optim.Optimizer, codebooks: torch.nn.Parameter, reset_rows) -> None:
