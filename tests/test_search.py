@@ -105,3 +105,14 @@ def test_peak_memory_on_cuda_large_problem():
     sample = torch.arange(0, 256, 37, device=dev)
     ref = torch.stack([nearest_code_bruteforce(x[g : g + 1, :16], c[g : g + 1])[0] for g in sample.tolist()])
     assert torch.equal(out[sample, :16], ref)
+
+
+@pytest.mark.parametrize("budget", [2**12, 2**16, 2**30])
+def test_duplicated_codes_from_coarse_data(budget):
+    """Codes sampled with replacement from bf16-rounded data: many exact ties, all repaired."""
+    gen = torch.Generator().manual_seed(3)
+    pool = torch.randn(300, 4, generator=gen).bfloat16().float()
+    c = pool[torch.randint(300, (4, 500), generator=gen)]
+    x = torch.cat([pool[torch.randint(300, (4, 60), generator=gen)], torch.randn(4, 60, 4, generator=gen)], 1)
+    ref = nearest_code_bruteforce(x, c)
+    assert torch.equal(nearest_code(x, c, memory_budget_bytes=budget), ref)

@@ -16,10 +16,11 @@ paper's sizes (256 groups x 262,144 codes x batch 128 = 34 GB of distances alone
 2. walk over chunks of (groups x batch x codes) whose distance block fits the memory budget,
    keeping for each query the running best value/index and the second-best value;
 3. *certify* each answer: the expansion has a rounding error bounded by
-   ``tol ~ (d + 2) * 2^-24 * (||x||^2 + max ||c||^2)``.  When the gap between the best and the
-   second-best expanded value exceeds ``tol`` the expanded argmin is provably the fp32 argmin
-   of the direct formula.  The rare queries that fail the certificate (near ties, duplicated
-   codes) are re-solved with the direct formula, chunked, so the final result is exact.
+   ``~ (d + 2) * 2^-24 * (||x||^2 + ||c||^2)`` per code (see `_pair_tolerance`).  When the gap
+   between the best and the second-best expanded value exceeds the bound, the expanded argmin is
+   provably the fp32 argmin of the direct formula.  The rare queries that fail the certificate
+   (near ties, duplicated codes) are repaired: the expansion names the few codes that could win
+   and the direct formula decides among them (`_repair_rows`), so the final result is exact.
 
 Everything runs in float32 even under autocast, and TF32 is switched off for the duration of the
 search on CUDA (TF32's 10-bit mantissa would make the certificate fail far too often).
@@ -41,7 +42,7 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20  # bytes of scratch space for one distance b
 # budget is an upper bound, so CPU searches use at most this much even when allowed more.
 CPU_BLOCK_BYTES = 16 * 2**20
 _F32 = 4  # bytes per float32
-# safety factor on the rounding-error bound of the expansion (see `_tolerance`)
+# safety factor on the rounding-error bound of the expansion (see `_error_coefficient`)
 _TOL_SAFETY = 4.0
 
 
@@ -80,19 +81,82 @@ def _chunk_sizes(groups: int, batch: int, codes: int, budget_elems: int, *, per_
     return 1, max(1, min(batch, budget_elems - per_code)), 1
 
 
-def _tolerance(x_sq: Tensor, c_sq_max: Tensor, d: int) -> Tensor:
-    """Bound on |expanded - direct| differences between two candidates, per query.
+def _error_coefficient(d: int) -> float:
+    """K such that |expanded - true| + |direct - true| <= K (||x||^2 + ||c||^2) for one code.
 
-    With unit roundoff u = 2^-24 and gamma_k = k u / (1 - k u), the expanded value
+    With unit roundoff u = 2^-24 and gamma_k = k u / (1 - k u): the expanded value
     ``||c||^2 - 2 x.c`` is within ``gamma_{d+2} (||c||^2 + 2 |x||c|) <= 2 gamma_{d+2} (||x||^2 + ||c||^2)``
-    of the true value, and the direct ``sum((x - c)^2)`` within ``gamma_{d+1} ||x - c||^2
-    <= 2 gamma_{d+1} (||x||^2 + ||c||^2)``.  Comparing two candidates doubles everything, so a gap
-    above ``8 gamma_{d+2} (||x||^2 + max ||c||^2)`` proves the order.  ``_TOL_SAFETY`` adds margin
-    for the rounding of the norms themselves.
+    of the true ``||x - c||^2 - ||x||^2``, and the direct ``sum((x - c)^2)`` within
+    ``gamma_{d+1} ||x - c||^2 <= 2 gamma_{d+1} (||x||^2 + ||c||^2)``.  ``_TOL_SAFETY`` adds margin
+    for the rounding of the norms and of the bound itself.
     """
     u = 2.0**-24
     gamma = (d + 2) * u / (1 - (d + 2) * u)
-    return (_TOL_SAFETY * 8.0 * gamma) * (x_sq + c_sq_max)
+    return _TOL_SAFETY * 4.0 * gamma
+
+
+def _pair_tolerance(x_sq: Tensor, a_best: Tensor, a_other: Tensor, k: float) -> Tensor:
+    """Bound on the rounding of ``(a_other - a_best)`` compared with the direct distances.
+
+    ``||c||^2 <= 2 ||x||^2 + 2 ||x - c||^2`` and ``||x - c||^2 ~ a + ||x||^2``, so each code's error
+    is at most ``k (3 ||x||^2 + 2 D)`` with ``D = max(a + ||x||^2, 0)``.  The bound grows with
+    ``a_other``, so checking it against the second-best value covers every other code.
+    """
+    d_best = (a_best + x_sq).clamp_min(0)
+    d_other = (a_other + x_sq).clamp_min(0)
+    return k * (6.0 * x_sq + 2.0 * d_best + 2.0 * d_other)
+
+
+def _repair_rows(
+    x: Tensor, codebooks: Tensor, g_idx: Tensor, b_idx: Tensor, budget_elems: int
+) -> Tensor:
+    """Exact answers for uncertain queries: candidates by the expansion, winner by the direct formula.
+
+    Per group: recompute ``a = ||c||^2 - 2 x.c`` for the group's uncertain queries, keep the codes
+    whose ``a`` lies within the pair tolerance of the minimum (the direct-formula winner and
+    everything tied with it are provably among them), evaluate the direct formula on those few
+    candidates only, and take the minimum with the lowest index.  Falls back to the direct formula
+    over all codes (:func:`_exact_rows`) when a group's codes do not fit the budget or a near-degenerate
+    query has too many candidates.
+    """
+    G, N, d = codebooks.shape
+    k_err = _error_coefficient(d)
+    out = torch.empty(g_idx.numel(), dtype=torch.long, device=x.device)
+    groups, counts = torch.unique_consecutive(g_idx, return_counts=True)  # g_idx is sorted
+    starts = [0] + torch.cumsum(counts, 0).tolist()
+    # per group: fp32 codes + norms (~2d + 1 per code); per query row: a, the mask and a temporary
+    rows_fit = (budget_elems - N * (2 * d + 1)) // (3 * N)
+    for gi, g in enumerate(groups.tolist()):
+        lo, hi = starts[gi], starts[gi + 1]
+        if rows_fit < 1:
+            out[lo:hi] = _exact_rows(x, codebooks, g_idx[lo:hi], b_idx[lo:hi], budget_elems)
+            continue
+        cb = codebooks[g].float()  # (N, d)
+        c_sq = cb.pow(2).sum(-1)  # (N,)
+        for r0 in range(lo, hi, rows_fit):
+            r1 = min(hi, r0 + rows_fit)
+            xr = x[g, b_idx[r0:r1]]  # (k, d)
+            xs = xr.pow(2).sum(-1)  # (k,)
+            a = torch.addmm(c_sq[None, :], xr, cb.T, beta=1.0, alpha=-2.0)  # (k, N)
+            m, m_idx = a.min(-1)
+            # codes j that could beat the minimum: a_j - m <= k (6|x|^2 + 2 D_m + 2 D_j) with
+            # D_j <= D_m + (a_j - m), solved for a_j - m (one threshold per row)
+            d_m = (m + xs).clamp_min(0)
+            thr = k_err * (6.0 * xs + 4.0 * d_m) / (1.0 - 2.0 * k_err)
+            mask = a <= (m + thr)[:, None]
+            del a
+            ri, ci = mask.nonzero(as_tuple=True)  # candidate (row, code) pairs
+            del mask
+            if ri.numel() * (3 * d + 4) > budget_elems:  # degenerate data: too many candidates
+                out[r0:r1] = _exact_rows(x, codebooks, g_idx[r0:r1], b_idx[r0:r1], budget_elems)
+                continue
+            e = ((xr[ri] - cb[ci]) ** 2).sum(-1)  # (P,) the reference formula
+            k = r1 - r0
+            row_min = torch.full((k,), math.inf, device=x.device).scatter_reduce(0, ri, e, "amin")
+            cand = torch.where(e == row_min[ri], ci, torch.full_like(ci, N))
+            best = torch.full((k,), N, dtype=torch.long, device=x.device).scatter_reduce(0, ri, cand, "amin")
+            out[r0:r1] = torch.where(best < N, best, m_idx)  # (no candidate only for non-finite rows)
+    return out
 
 
 def _exact_rows(x: Tensor, codebooks: Tensor, g_idx: Tensor, b_idx: Tensor, budget_elems: int) -> Tensor:
@@ -158,6 +222,8 @@ def nearest_code(
         return out_idx
     if N == 0:
         raise ConfigError("codebooks are empty (N = 0)")
+    if N == 1:
+        return out_idx.zero_()
 
     with torch.autocast(device_type=device.type, enabled=False), _ieee_fp32_matmul(device):
         x = x.detach().float()  # (G, B, d): small
@@ -171,7 +237,6 @@ def nearest_code(
 
         best_v = torch.empty(G, B, device=device)
         second_v = torch.empty(G, B, device=device)
-        c_sq_max = torch.full((G,), -math.inf, device=device)  # for the certificate
         for g0 in range(0, G, gs):
             g1 = min(G, g0 + gs)
             for b0 in range(0, B, bs):
@@ -185,8 +250,6 @@ def nearest_code(
                         c_sq = cb.pow(2).sum(-1)  # (g, n): ||c||^2
                     else:
                         c_sq = c_sq_given[g0:g1, n0:n1]
-                    if b0 == 0:
-                        c_sq_max[g0:g1] = torch.maximum(c_sq_max[g0:g1], c_sq.amax(-1))
                     # a[g, b, n] = ||c_n||^2 - 2 x_b . c_n   (g, b, n): one batched GEMM, no sqrt
                     a = torch.baddbmm(c_sq[:, None, :], xb, cb.transpose(1, 2), beta=1.0, alpha=-2.0)
                     del cb, c_sq
@@ -211,13 +274,13 @@ def nearest_code(
         if not exact:
             return out_idx
 
-        # certificate (see `_tolerance`): gap between best and second-best expanded values
+        # certificate (see `_pair_tolerance`): gap between best and second-best expanded values
         x_sq = x.pow(2).sum(-1)  # (G, B)
-        tol = _tolerance(x_sq, c_sq_max[:, None], d)
+        tol = _pair_tolerance(x_sq, best_v, second_v, _error_coefficient(d))
         uncertain = ~((second_v - best_v) > tol)  # also catches NaN / inf
         if bool(uncertain.any()):
             g_idx, b_idx = uncertain.nonzero(as_tuple=True)
-            out_idx[g_idx, b_idx] = _exact_rows(x, codebooks, g_idx, b_idx, budget_elems)
+            out_idx[g_idx, b_idx] = _repair_rows(x, codebooks, g_idx, b_idx, budget_elems)
     return out_idx
 
 
