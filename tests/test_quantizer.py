@@ -229,7 +229,8 @@ def test_distributed_reset_sums_counts_and_agrees():
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        # fork: no re-import of torch in the children (spawn costs seconds on a busy CPU)
+        mp.start_processes(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True, start_method="fork")
         r0, r1 = (torch.load(f"{tmp}/{r}.pt") for r in (0, 1))
     assert torch.equal(r0["cb"], r1["cb"])
     # summed counts: group 0 = [0, 3, 4, 1, 2, 7] -> only code 0 dead; group 1 all used
