@@ -29,6 +29,7 @@ search on CUDA (TF32's 10-bit mantissa would make the certificate fail far too o
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Iterator
 
@@ -47,6 +48,20 @@ _TOL_SAFETY = 4.0
 
 
 @contextlib.contextmanager
+
+def _eager_only(fn):
+    """``torch.compiler.disable`` applied on first call: importing torch._dynamo costs seconds."""
+    disabled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        nonlocal disabled
+        if disabled is None:
+            disabled = torch.compiler.disable(fn)
+        return disabled(*args, **kwargs)
+
+    return wrapper
+
 def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
     """Disable TF32 / reduced-precision fp32 matmuls for CUDA searches, restoring them after."""
     if device.type != "cuda":
@@ -183,7 +198,7 @@ def _exact_rows(x: Tensor, codebooks: Tensor, g_idx: Tensor, b_idx: Tensor, budg
     return out
 
 
-@torch.compiler.disable  # python-level chunk loop + data-dependent repair: keep it out of graphs
+@_eager_only  # python-level chunk loop + data-dependent repair: keep it out of graphs
 @torch.no_grad()
 def nearest_code(
     x: Tensor,
