@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 from typing import Iterator
 
 import torch
@@ -47,21 +48,27 @@ _F32 = 4  # bytes per float32
 _TOL_SAFETY = 4.0
 
 
-@contextlib.contextmanager
-
 def _eager_only(fn):
-    """``torch.compiler.disable`` applied on first call: importing torch._dynamo costs seconds."""
+    """``torch.compiler.disable``, paid for only when something compiles.
+
+    Importing torch._dynamo costs seconds per process; while it is not imported nothing can be
+    tracing this function, so the plain function runs.
+    """
     disabled = None
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         nonlocal disabled
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
         if disabled is None:
             disabled = torch.compiler.disable(fn)
         return disabled(*args, **kwargs)
 
     return wrapper
 
+
+@contextlib.contextmanager
 def _ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
     """Disable TF32 / reduced-precision fp32 matmuls for CUDA searches, restoring them after."""
     if device.type != "cuda":
