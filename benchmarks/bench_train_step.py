@@ -11,7 +11,9 @@ baseline / candidates / baseline / ... so machine noise hits all of them alike):
 * ``bf16``      -- the same under bf16 autocast (rectifier in bf16; search and codebooks fp32);
 * ``bf16_sparse`` / ``fp32_sparse`` -- plus sparse codebook gradients and
   :class:`revq.training.optim.RowSparseAdamW` (only rows touched in the last ~90 steps are updated);
-* ``bf16_cl``   -- bf16 with channels-last inputs (a lever to measure).
+* ``bf16_cl``   -- bf16 with a channels-last rectifier and inputs (a lever to measure);
+* ``bf16_fast`` / ``bf16_fast_sparse`` -- bf16 with the 5x5 depthwise convolutions pinned to fp32
+  (:func:`revq.training.fastpath.pin_fp32_depthwise`: their bf16 backward is ~4x slower on CPU).
 
 Every variant trains from the same initialisation on the same batch sequence of real latents
 (``--latents``: a revq latent cache or a ``latents-*.npy`` shard), so ``loss_last`` (mean loss of
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, command_line, emit, hwm_bytes, machine_info, median, rss_bytes  # noqa: E402
 
 DEFAULT_LATENTS = "/work/cache/tin-train"
-VARIANTS = ("baseline", "fp32", "bf16", "bf16_sparse", "fp32_sparse", "bf16_cl")
+VARIANTS = ("baseline", "fp32", "bf16", "bf16_sparse", "fp32_sparse", "bf16_cl", "bf16_fast", "bf16_fast_sparse")
 
 
 # ----------------------------------------------------------------------------- data
@@ -116,6 +118,12 @@ def worker(a) -> dict:
         # else: the N(0, 1) placeholder init (normalised latents are ~N(0, 1) per element)
     model.train()
     variant = a.variant
+    if "_fast" in variant:
+        from revq.training.fastpath import pin_fp32_depthwise
+
+        pin_fp32_depthwise(model.rectifier)
+    if variant == "bf16_cl":
+        model.rectifier.to(memory_format=torch.channels_last)
     sparse = variant.endswith("_sparse")
     bf16 = variant.startswith("bf16")
     if sparse:

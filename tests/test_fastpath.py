@@ -1,0 +1,21 @@
+"""pin_fp32_depthwise: only depthwise k>=5 convs change, fp32 results unchanged, autocast runs them in fp32."""
+
+import torch
+from torch import nn
+
+from revq.training.fastpath import pin_fp32_depthwise
+
+
+def test_pin_fp32_depthwise():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 5, padding=2))
+    x = torch.randn(2, 8, 6, 6)
+    ref = net(x)
+    assert pin_fp32_depthwise(net) == 1
+    torch.testing.assert_close(net(x), ref, rtol=0, atol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net[0](x).dtype == torch.float32
+        assert net[1](x).dtype == torch.bfloat16
+        y = net(x)
+    y.float().sum().backward()
+    assert net[0].weight.grad is not None and net[0].weight.grad.dtype == torch.float32
