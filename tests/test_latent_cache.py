@@ -107,6 +107,11 @@ def test_store_layout_manifest_and_reader(tmp_path):
     torch.testing.assert_close(cache[9], direct[9])
     with pytest.raises(IndexError):
         cache.get([45])
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(cache))  # e.g. into a spawned DataLoader worker
+    assert all(s is None for s in clone._shards) and len(pickle.dumps(cache)) < 10_000
+    torch.testing.assert_close(clone.get([5, 1]), direct[[5, 1]])
 
 
 def test_stats_equal_direct_numpy_computation(tmp_path):

@@ -478,6 +478,13 @@ class LatentCache:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers (spawn) receive the cache pickled: reopen memmaps there instead
+        # of copying the data through the pipe.
+        state = self.__dict__.copy()
+        state["_shards"] = [None] * len(self._shards)
+        return state
+
     def __repr__(self) -> str:
         return f"LatentCache({str(self.dir)!r}, n={len(self)}, latent_shape={self.latent_shape}, autoencoder={self.manifest['autoencoder']!r})"
 
