@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", nargs="+", default=["512x16384x4", "256x262144x8"], help="GROUPSxCODESxDIM")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--baseline-max-gb", type=float, default=4.5, help="largest distance matrix a baseline may materialise")
+    p.add_argument("--baseline-max-gb", type=float, default=1.0,
+                   help="largest distance matrix a baseline may materialise (cdist needs ~3x this in temporaries)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=None, help="subset of revq_cached_norms cdist_vmap einsum (revq always runs)")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
     for c in a.configs:
         G, N, d = (int(v) for v in c.lower().split("x"))
         res["configs"].append(run_config(G, N, d, a.batch, a.repeats, a.baseline_max_gb, a.seed, a.methods))
+        if a.out:  # partial results survive a later config running out of memory
+            Path(a.out).write_text(json.dumps(res, indent=2, default=str) + "\n")
     res["loadavg_end"] = machine_info()["loadavg"]
     emit(res, a.out)
     return 0

@@ -178,6 +178,74 @@ def worker(a) -> dict:
     }
 
 
+def paired(a) -> dict:
+    """Baseline and ``--variant`` in ONE process, steps alternating (order flipped every step), so
+    load changes on a shared machine hit both alike.  Same init, same batches."""
+    import copy
+
+    from revq.model import ReVQ
+    from revq.training import trainer as T
+    from revq.training.fastpath import pin_fp32_depthwise
+    from revq.training.optim import build_row_sparse_optimizer, clip_per_group as sparse_clip
+    from revq.training.presets import get_preset
+
+    torch.manual_seed(0)
+    cfg = get_preset(a.preset)
+    cfg.batch_size = a.batch
+    data = torch.from_numpy(load_latents(a.latents, a.max_latents))
+    base = ReVQ(cfg.model)
+    base.normalizer.set_stats(data.mean(0), data.std(0).clamp_min(1e-6))
+    G, N, d = base.quantizer.codebooks.shape
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        if N <= 4 * len(data):
+            base.quantizer.init_from_data(base.normalizer.normalize(data), generator=gen)
+            base.quantizer.codebooks.add_(0.05 * torch.randn(G, N, d, generator=gen))
+    cand = copy.deepcopy(base)
+    base.train(), cand.train()
+    v = a.variant
+    if "_fast" in v:
+        pin_fp32_depthwise(cand.rectifier)
+    opt_b, clip_b = T.build_optimizer(base, cfg), T.clip_per_group
+    if v.endswith("_sparse"):
+        opt_c, clip_c = build_row_sparse_optimizer(cand, cfg), sparse_clip
+    else:
+        opt_c, clip_c = T.build_optimizer(cand, cfg), T.clip_per_group
+    gchunk = max(1, min(G, int(a.baseline_max_gb * 2**30 // (a.batch * N * 4))))
+    rng = np.random.default_rng(0)
+    order = [torch.from_numpy(np.sort(rng.choice(len(data), a.batch, replace=False))) for _ in range(a.steps)]
+
+    def step(which, z):
+        t0 = time.perf_counter()
+        if which == "baseline":
+            out = baseline_forward(base, z, gchunk)
+            opt, clip = opt_b, clip_b
+        else:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.startswith("bf16")):
+                out = cand(z)
+            opt, clip = opt_c, clip_c
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        clip(opt, cfg.grad_clip)
+        opt.step()
+        return time.perf_counter() - t0, float(out["loss"])
+
+    rec = {"baseline": [], v: []}
+    for i, idx in enumerate(order):
+        z = data[idx]
+        for which in (("baseline", v) if i % 2 == 0 else (v, "baseline")):
+            rec[which].append(step(which, z))
+        print(json.dumps({"step": i, **{k: r[-1] for k, r in rec.items()}}), file=sys.stderr, flush=True)
+    w = a.warmup
+    ratios = [b[0] / c[0] for b, c in zip(rec["baseline"][w:], rec[v][w:])]
+    return {"mode": "paired", "preset": a.preset, "batch": a.batch, "variant": v, "steps": a.steps, "warmup": w,
+            "step_s": {k: [t for t, _ in r] for k, r in rec.items()},
+            "losses": {k: [l for _, l in r] for k, r in rec.items()},
+            "speedup_per_step": ratios, "speedup_median": median(ratios),
+            "samples_per_s_median": {k: a.batch / median([t for t, _ in r[w:]]) for k, r in rec.items()},
+            "peak_rss_gb_both_models": hwm_bytes() / 2**30}
+
+
 def run_variant(a, variant: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--preset", a.preset, "--variant", variant,
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch), "--latents", a.latents,
@@ -205,7 +273,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--paired", default=None, metavar="VARIANT",
+                   help="baseline and VARIANT in one process, alternating steps (most robust ratio on a noisy machine)")
     a = p.parse_args(argv)
+    if a.paired:
+        a.variant = a.paired
+        res = {"benchmark": "train_step_paired", "command": command_line(), "machine": machine_info(), **paired(a)}
+        res["loadavg_end"] = os.getloadavg()
+        emit(res, a.out)
+        return 0
     if a.worker:
         print(json.dumps(worker(a)))
         return 0
