@@ -50,8 +50,28 @@ class RectifierConfig:
             raise ConfigError(f"rectifier kind {self.kind!r} unknown; choose from {RECTIFIERS}")
 
 
+class JsonConfig:
+    """JSON file round trip and strict key checking, shared by the config dataclasses."""
+
+    @classmethod
+    def check_keys(cls, data: dict[str, Any]) -> None:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}; valid keys: {sorted(known)}")
+
+    def to_json(self, path: str | Path) -> None:
+        from revq.io_utils import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
 @dataclass
-class ReVQConfig:
+class ReVQConfig(JsonConfig):
     """A ReVQ model: latent normaliser + multi-group quantizer + rectifier."""
 
     latent_shape: tuple[int, int, int] = (32, 8, 8)  # (C, H, W) of the autoencoder latent
@@ -124,20 +144,8 @@ class ReVQConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ReVQConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown ReVQConfig keys: {sorted(unknown)}")
+        cls.check_keys(data)
         return cls(**data)
-
-    def to_json(self, path: str | Path) -> None:
-        from revq.io_utils import write_json_atomic
-
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "ReVQConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def apply_overrides(obj: Any, overrides: list[str]) -> Any:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from revq.config import ReVQConfig
+from revq.config import JsonConfig, ReVQConfig
 from revq.errors import ConfigError
 
 SCHEDULES = ("exponential", "cosine", "constant")
@@ -32,7 +31,7 @@ NON_SEMANTIC_KEYS = frozenset(
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything ``revq train`` needs.  Defaults follow the authors' recipe (see
     ``shared/paper/reference-implementation-facts.md``)."""
 
@@ -122,23 +121,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown TrainConfig keys: {sorted(unknown)}; valid keys: {sorted(known)}")
+        cls.check_keys(data)
         data = dict(data)
         if "model" in data and isinstance(data["model"], dict):
             data["model"] = ReVQConfig.from_dict(data["model"])
         return cls(**data)
-
-    def to_json(self, path: str | Path) -> None:
-        from revq.io_utils import write_json_atomic
-
-        write_json_atomic(path, self.to_dict())
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def copy(self) -> "TrainConfig":
         return TrainConfig.from_dict(json.loads(json.dumps(self.to_dict())))

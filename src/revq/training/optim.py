@@ -277,17 +277,10 @@ def _ravel(idx: Tensor, shape: tuple[int, ...]) -> Tensor:
 def build_row_sparse_optimizer(model, cfg) -> RowSparseAdamW:
     """The trainer's two AdamW groups (codebooks | rest) as a :class:`RowSparseAdamW`; switches the
     quantizer to sparse codebook gradients."""
+    from revq.training.trainer import optimizer_groups
+
     use_sparse_codebook_grad(model.quantizer)
-    codebooks = [model.quantizer.codebooks]
-    cb_ids = {id(p) for p in codebooks}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in cb_ids]
-    groups = [{"params": codebooks, "lr": cfg.lr, "base_lr": cfg.lr,
-               "weight_decay": cfg.codebook_weight_decay, "name": "codebooks"}]
-    if rest:
-        lr = cfg.lr * cfg.rectifier_lr_ratio
-        groups.append({"params": rest, "lr": lr, "base_lr": lr,
-                       "weight_decay": cfg.rectifier_weight_decay, "name": "rectifier"})
-    return RowSparseAdamW(groups, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    return RowSparseAdamW(optimizer_groups(model, cfg), betas=tuple(cfg.betas), eps=cfg.adam_eps)
 
 
 def clip_per_group(optimizer: torch.optim.Optimizer, max_norm: float) -> None:

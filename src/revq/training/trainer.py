@@ -288,6 +288,11 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
         from revq.training.optim import build_row_sparse_optimizer
 
         return build_row_sparse_optimizer(model, cfg)
+    return torch.optim.AdamW(optimizer_groups(model, cfg), betas=tuple(cfg.betas), eps=cfg.adam_eps)
+
+
+def optimizer_groups(model, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The two parameter groups every codebook optimizer uses (dense or row-sparse)."""
     codebooks = [model.quantizer.codebooks]
     cb_ids = {id(p) for p in codebooks}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in cb_ids]
@@ -297,7 +302,7 @@ def build_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
         lr = cfg.lr * cfg.rectifier_lr_ratio
         groups.append({"params": rest, "lr": lr, "base_lr": lr,
                        "weight_decay": cfg.rectifier_weight_decay, "name": "rectifier"})
-    return torch.optim.AdamW(groups, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    return groups
 
 
 def clip_per_group(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
