@@ -24,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="Tiny-ImageNet folder (default: $REVQ_DATA_DIR or ../shared/data/tiny-imagenet-200)")
     parser.add_argument("--preset", default="cpu-512t", help="training preset (default cpu-512t)")
     parser.add_argument("--num-train", type=int, default=3000, help="training images (default 3000)")
-    parser.add_argument("--num-val", type=int, default=1000, help="held-out images for validation and evaluation (default 1000)")
+    parser.add_argument("--num-val", type=int, default=500, help="held-out images for validation and evaluation (default 500)")
+    parser.add_argument("--codebook-size", type=int, default=1024,
+                        help="codes per token position (default 1024: a few thousand images cannot "
+                             "initialise the preset's larger codebooks)")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -97,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
     # 3. train ------------------------------------------------------------------------------------
     t = time.perf_counter()
-    apply_overrides(cfg, [f"epochs={args.epochs}", f"seed={args.seed}", *args.overrides])
-    cfg.overrides = [f"epochs={args.epochs}", f"seed={args.seed}", *args.overrides]
+    demo_overrides = [f"epochs={args.epochs}", f"seed={args.seed}", f"model.codebook_size={args.codebook_size}"]
+    apply_overrides(cfg, [*demo_overrides, *args.overrides])
+    cfg.overrides = [*demo_overrides, *args.overrides]
     cfg.latents, cfg.val_latents, cfg.out = str(caches["train"].dir), str(caches["val"].dir), str(out / "run")
     cfg.progress = progress
     cfg.val_limit = 0
