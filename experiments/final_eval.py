@@ -4,8 +4,8 @@ encodings) instead of being re-encoded:
 
     python experiments/final_eval.py RUN_DIR/model [MORE_MODELS...] [--limit 10000] [--out JSONL]
 
-Per model: PSNR / SSIM (8-bit rounded, RGB, mean over images), the continuous TAEF2 round trip on
-the same images (cached), the cost, normalised latent MSE, code usage on the set (codes used at
+Per model: PSNR / SSIM on the first ``--limit`` images (8-bit rounded, RGB, mean over images), the continuous TAEF2 round trip on
+the same images (cached), the cost, normalised latent MSE and code usage on the first ``--latent-limit`` val latents (codes used at
 least once by the set's tokens) and the least-used group's usage.
 """
 
@@ -26,7 +26,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("models", nargs="+")
     p.add_argument("--val", default=recipe_ab.DEFAULT_VAL)
-    p.add_argument("--limit", type=int, default=10000)
+    p.add_argument("--limit", type=int, default=10000, help="images for PSNR / SSIM (first N)")
+    p.add_argument("--latent-limit", type=int, default=10000, help="val latents for latent MSE and usage (first N)")
     p.add_argument("--out", default=str(recipe_ab.ROOT / "experiments/results/final_eval.jsonl"))
     args = p.parse_args()
     from revq.data.latent_cache import LatentCache
@@ -35,7 +36,8 @@ def main() -> int:
 
     val = LatentCache(args.val)
     originals = recipe_ab.val_images(args.limit, val)
-    n = len(originals)
+    n_img = len(originals)
+    n = min(args.latent_limit, len(val))
     base = recipe_ab.baseline_psnr(val, originals, ssim=True)
     for path in args.models:
         t0 = time.perf_counter()
@@ -53,9 +55,9 @@ def main() -> int:
         toks = torch.cat(toks)
         counts = M.count_codes(toks, cfg.num_codebooks, cfg.codebook_size)
         usage = M.usage_stats(counts)
-        res = recipe_ab.psnr_of_latents(torch.cat(lat), originals, ssim=True)
+        res = recipe_ab.psnr_of_latents(torch.cat(lat)[:n_img], originals, ssim=True)
         rec = {"model": str(path), "tokens": cfg.num_tokens, "codebook_size": cfg.codebook_size,
-               "rectifier": cfg.rectifier.kind, "images": n, "psnr": res["psnr"], "ssim": res["ssim"],
+               "rectifier": cfg.rectifier.kind, "images": n_img, "latents": n, "psnr": res["psnr"], "ssim": res["ssim"],
                "baseline_psnr": base["psnr"], "baseline_ssim": base["ssim"], "psnr_cost_db": base["psnr"] - res["psnr"],
                "latent_mse": sq / (n * 2048), "usage": usage["usage"], "usage_min_group": usage["usage_min_group"],
                "perplexity": usage["perplexity"], "eval_wall_s": round(time.perf_counter() - t0, 1),
