@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
     res = {"benchmark": "search", "command": command_line(), "machine": machine_info(), "configs": []}
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for c in a.configs:
         G, N, d = (int(v) for v in c.lower().split("x"))
         res["configs"].append(run_config(G, N, d, a.batch, a.repeats, a.baseline_max_gb, a.seed, a.methods))
