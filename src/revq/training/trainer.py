@@ -76,7 +76,7 @@ class _Run:
         cfg, info = self.cfg, self.info
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
-        model = build_model(cfg, self.train_cache).to(info.device)
+        model = place_model(build_model(cfg, self.train_cache), cfg, info.device)
         optimizer = build_optimizer(model, cfg)
         state = TrainState()
         loaded = self.ckpts.load_latest(device=info.device)
@@ -278,6 +278,17 @@ def build_model(cfg: TrainConfig, train_cache):
     stats = _stats_for(cfg, train_cache)
     if stats is not None:
         model.normalizer.set_stats(*stats)
+    return model
+
+
+def place_model(model, cfg: TrainConfig, device: torch.device):
+    """Move the model to ``device``; on CPU with bf16, keep the rectifier's 5x5 depthwise convs in
+    fp32 (measured: their bf16 backward is ~4x slower there, docs/performance.md)."""
+    model = model.to(device)
+    if cfg.bf16 and device.type == "cpu":
+        from revq.training.fastpath import pin_fp32_depthwise
+
+        pin_fp32_depthwise(model)
     return model
 
 
