@@ -31,6 +31,7 @@ from typing import Sequence
 import torch
 
 from revq.errors import ConfigError
+from revq.io_utils import save_figure
 
 DEFAULT_TOKENS = (1024, 512, 256, 128)
 DEFAULT_SIZES = (16, 64, 256, 1024, 4096)
@@ -247,8 +248,4 @@ def plot_capacity(plan: CapacityPlan, path: str | Path) -> Path:
     if pts or plan.fit is not None:
         ax2.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

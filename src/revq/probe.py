@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 import torch
 
 from revq.errors import ConfigError
+from revq.io_utils import save_figure
 
 DEFAULT_SCALES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
 
@@ -176,8 +177,4 @@ def plot_probe(result: ProbeResult, path: str | Path) -> Path:
         ax2.set_ylabel("SSIM")
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
