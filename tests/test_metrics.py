@@ -103,6 +103,10 @@ def test_usage_stats_and_counts():
     assert stats["perplexity"] == pytest.approx((1 + np.exp(-(p * np.log(p)).sum())) / 2)
     shared = M.count_codes(tokens, num_groups=1, codebook_size=4)
     assert shared.tolist() == [[3, 1, 0, 2]]
+    four = torch.tensor([[0, 1, 2, 2], [3, 3, 0, 1]])  # two positions per codebook
+    assert M.count_codes(four, num_groups=2, codebook_size=4).tolist() == [[1, 1, 0, 2], [1, 1, 2, 0]]
+    with pytest.raises(ValueError):
+        M.count_codes(four, num_groups=3, codebook_size=4)
 
 
 def test_optional_metrics_say_what_is_missing(monkeypatch, tmp_path):

@@ -97,6 +97,20 @@ def test_save_load_bit_exact(tmp_path):
         ReVQ.from_pretrained(tmp_path / "nothing")
 
 
+def test_shared_codebooks_config_round_trip_and_validation(tmp_path):
+    from revq.errors import ConfigError
+
+    m = ReVQ(small_config(tokens_per_codebook=16))  # 32 tokens of an (8, 4, 4) latent, 16 per codebook
+    assert m.config.num_codebooks == 2 and m.quantizer.codebooks.shape == (2, 16, 4)
+    m.save_pretrained(tmp_path / "m")
+    m2 = ReVQ.from_pretrained(tmp_path / "m")
+    assert m2.config.tokens_per_codebook == 16 and m2.quantizer.num_groups == 2
+    x = torch.randn(3, *SHAPE)
+    assert torch.equal(m.eval().tokenize(x), m2.eval().tokenize(x))
+    with pytest.raises(ConfigError, match="tokens_per_codebook"):
+        small_config(tokens_per_codebook=5)
+
+
 def test_num_parameters_and_pre_encoder():
     m = ReVQ(small_config(pre_encoder=True, rectifier=RectifierConfig(kind="cnn", width=16, depth=1)))
     n = m.num_parameters()

@@ -163,10 +163,11 @@ def test_clip_grad_norm_matches_torch_on_mixed_sparse_dense():
     torch.testing.assert_close(es.grad, ed.grad, rtol=1e-5, atol=1e-7)
 
 
-def test_sparse_lookup_matches_quantizer_lookup():
+@pytest.mark.parametrize("tokens_per_codebook", [1, 2, 4])
+def test_sparse_lookup_matches_quantizer_lookup(tokens_per_codebook):
     from revq.quantizer import MultiGroupQuantizer
 
-    q = MultiGroupQuantizer(latent_shape=(4, 2, 2), num_tokens=4, codebook_size=9)
+    q = MultiGroupQuantizer(latent_shape=(4, 2, 2), num_tokens=4, codebook_size=9, tokens_per_codebook=tokens_per_codebook)
     idx = torch.randint(0, 9, (5, 4))
     dense = q.lookup(idx)
     sparse = sparse_lookup(q, idx)

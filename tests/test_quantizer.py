@@ -235,3 +235,45 @@ def test_distributed_reset_sums_counts_and_agrees():
     assert torch.equal(r0["cb"], r1["cb"])
     # summed counts: group 0 = [0, 3, 4, 1, 2, 7] -> only code 0 dead; group 1 all used
     assert r0["rows"] == r1["rows"] == [[0], []]
+
+
+# ---------------------------------------------------------------- shared codebooks (tokens_per_codebook)
+@pytest.mark.parametrize("split,T,k", [("channel", 512, 16), ("channel", 256, 8), ("spatial", 64, 4), ("channel", 32, 32)])
+def test_shared_codebooks_equal_a_per_position_model_with_repeated_codebooks(split, T, k):
+    """A codebook shared by k positions must act exactly like k identical per-position codebooks."""
+    torch.manual_seed(0)
+    shared = MultiGroupQuantizer(latent_shape=(32, 8, 8), num_tokens=T, codebook_size=37, split=split, tokens_per_codebook=k)
+    assert shared.codebooks.shape == (T // k, 37, 32 * 64 // T)
+    per_pos = MultiGroupQuantizer(latent_shape=(32, 8, 8), num_tokens=T, codebook_size=37, split=split)
+    with torch.no_grad():
+        per_pos.codebooks.copy_(shared.codebooks.repeat_interleave(k, dim=0))
+    z = torch.randn(5, 32, 8, 8)
+    zq_s, idx_s = shared.quantize(z)
+    zq_p, idx_p = per_pos.quantize(z)
+    assert torch.equal(idx_s, idx_p)
+    assert torch.equal(zq_s, zq_p)
+    # brute force per token against its own codebook
+    tokens = shared.to_tokens(z)  # (B, T, d)
+    ref = nearest_code_bruteforce(tokens.transpose(0, 1), shared.codebooks[shared.codebook_of_token()])  # (T, B)
+    assert torch.equal(idx_s, ref.T)
+    # counts of a shared codebook are the sum over the positions it serves
+    assert torch.equal(shared.counts, per_pos.counts.view(T // k, k, 37).sum(1))
+
+
+def test_shared_codebook_init_pools_all_its_positions():
+    torch.manual_seed(0)
+    q = MultiGroupQuantizer(latent_shape=(4, 2, 2), num_tokens=8, codebook_size=6, split="channel", tokens_per_codebook=2)
+    z = torch.randn(3, 4, 2, 2)
+    q.init_from_data(z, generator=torch.Generator().manual_seed(0))
+    tokens = q.to_tokens(z)  # (3, 8, 2)
+    for g in range(q.num_groups):
+        pool = tokens[:, 2 * g : 2 * g + 2].reshape(-1, 2)  # the 6 sub-vectors codebook g serves
+        for code in q.codebooks[g]:
+            assert (pool == code).all(-1).any(), "an initial code is not one of its own positions' sub-vectors"
+        # 6 samples without replacement: every pooled sub-vector is used once
+        assert torch.equal(torch.sort(q.codebooks[g].sum(-1)).values, torch.sort(pool.sum(-1)).values)
+
+
+def test_tokens_per_codebook_must_divide():
+    with pytest.raises(ConfigError, match="tokens_per_codebook"):
+        MultiGroupQuantizer(latent_shape=(32, 8, 8), num_tokens=512, codebook_size=8, tokens_per_codebook=3)

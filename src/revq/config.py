@@ -78,6 +78,9 @@ class ReVQConfig(JsonConfig):
     num_tokens: int = 512  # B in the paper: tokens per image
     codebook_size: int = 16384  # N: codes per token position (each position has its own codebook)
     split: str = "channel"  # one of SPLITS
+    # 1 = the paper (own codebook per token position); k > 1: k consecutive token positions share
+    # one codebook (channel split: T/C = one codebook per latent channel, shared across positions)
+    tokens_per_codebook: int = 1
     normalization: str = "element"  # one of NORMALIZATIONS
     objective: str = "decoupled"  # one of OBJECTIVES
     reset_noise: float = 0.1  # std of the reset jitter, relative to the codebook's std
@@ -106,8 +109,8 @@ class ReVQConfig(JsonConfig):
 
     @property
     def num_codebooks(self) -> int:
-        """Groups with their own codebook: B, or 1 for the shared "single" split."""
-        return 1 if self.split == "single" else self.num_tokens
+        """Distinct codebooks: B / tokens_per_codebook, or 1 for the shared "single" split."""
+        return 1 if self.split == "single" else self.num_tokens // self.tokens_per_codebook
 
     @property
     def bits_per_image(self) -> float:
@@ -132,6 +135,10 @@ class ReVQConfig(JsonConfig):
             )
         if self.codebook_size < 1:
             raise ConfigError("codebook_size must be >= 1")
+        if self.tokens_per_codebook < 1 or self.num_tokens % self.tokens_per_codebook:
+            raise ConfigError(
+                f"tokens_per_codebook={self.tokens_per_codebook} must divide num_tokens={self.num_tokens}"
+            )
         if not 0.0 < self.reset_max_fraction <= 1.0:
             raise ConfigError("reset_max_fraction must be in (0, 1]")
 

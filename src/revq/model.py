@@ -51,6 +51,7 @@ class ReVQ(nn.Module):
             num_tokens=config.num_tokens,
             codebook_size=config.codebook_size,
             split=config.split,
+            tokens_per_codebook=config.tokens_per_codebook,
         )
         self.rectifier = build_rectifier(config.rectifier, C, latent_shape=config.latent_shape)
         self.pre_encoder = (

@@ -12,6 +12,12 @@ Layouts (``split``), for a latent ``z`` of shape (C, H, W) cut into ``T`` tokens
   a contiguous part of it when T > HW, or several positions when T < HW).  Own codebook per token.
 * ``"single"``: the spatial layout with ONE codebook shared by all tokens (classic VQ).
 
+``tokens_per_codebook`` (default 1, the paper) lets consecutive token positions share a codebook.
+In the channel layout consecutive tokens are spatial neighbours in the same channel, so
+``tokens_per_codebook = T / C`` gives one codebook per latent channel, shared across positions:
+each codebook then learns from ``T / C`` times more sub-vectors, which is what a small training
+set needs (30,000 images cannot place 4,096 codes per token position; see docs/results.md).
+
 No straight-through estimator: ``z_q`` is made of the selected codebook rows themselves, so the
 codebook receives gradients from whatever consumes ``z_q`` (the authors do the same).
 """
@@ -66,6 +72,7 @@ class MultiGroupQuantizer(nn.Module):
         num_tokens: int,
         codebook_size: int,
         split: str = "channel",
+        tokens_per_codebook: int = 1,
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET,
     ) -> None:
         super().__init__()
@@ -82,12 +89,17 @@ class MultiGroupQuantizer(nn.Module):
             )
         if codebook_size < 1:
             raise ConfigError("codebook_size must be >= 1")
+        if split == "single":
+            tokens_per_codebook = num_tokens
+        if tokens_per_codebook < 1 or num_tokens % tokens_per_codebook:
+            raise ConfigError(f"tokens_per_codebook={tokens_per_codebook} must divide num_tokens={num_tokens}")
         self.latent_shape = latent_shape
         self.num_tokens = int(num_tokens)
         self.codebook_size = int(codebook_size)
         self.split = split
         self.token_dim = numel // self.num_tokens
-        self.num_groups = 1 if split == "single" else self.num_tokens
+        self.tokens_per_codebook = int(tokens_per_codebook)
+        self.num_groups = self.num_tokens // self.tokens_per_codebook  # distinct codebooks G
         self.memory_budget_bytes = int(memory_budget_bytes)
         G, N, d = self.num_groups, self.codebook_size, self.token_dim
         # Placeholder init (standard normal = the scale of normalised latents); real runs call
@@ -98,7 +110,8 @@ class MultiGroupQuantizer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"latent_shape={self.latent_shape}, num_tokens={self.num_tokens}, codebook_size={self.codebook_size}, "
-            f"split={self.split!r}, groups={self.num_groups}, token_dim={self.token_dim}"
+            f"split={self.split!r}, groups={self.num_groups}, token_dim={self.token_dim}, "
+            f"tokens_per_codebook={self.tokens_per_codebook}"
         )
 
     # ------------------------------------------------------------------ layout
@@ -119,17 +132,24 @@ class MultiGroupQuantizer(nn.Module):
             return x.reshape(b, C, H, W)
         return x.reshape(b, H, W, C).permute(0, 3, 1, 2).contiguous()
 
+    def codebook_of_token(self, device=None) -> Tensor:
+        """(T,) int64: which codebook serves each token position."""
+        return torch.arange(self.num_tokens, device=device) // self.tokens_per_codebook
+
     def _grouped(self, tokens: Tensor) -> Tensor:
-        """(B, T, d) -> (G, B', d): per-group queries (B' = B for multi-group, B*T for single)."""
-        if self.num_groups == 1:
-            return tokens.reshape(1, -1, self.token_dim)
-        return tokens.transpose(0, 1)
+        """(B, T, d) -> (G, B * T/G, d): the queries each codebook answers."""
+        if self.tokens_per_codebook == 1:
+            return tokens.transpose(0, 1)  # a view: no copy on the hot path
+        b, G, k = tokens.shape[0], self.num_groups, self.tokens_per_codebook
+        return tokens.reshape(b, G, k, -1).transpose(0, 1).reshape(G, b * k, -1)
 
     def _ungrouped(self, x: Tensor, batch: int) -> Tensor:
-        """(G, B', ...) -> (B, T, ...)."""
-        if self.num_groups == 1:
-            return x.reshape(batch, self.num_tokens, *x.shape[2:])
-        return x.transpose(0, 1)
+        """(G, B * T/G, ...) -> (B, T, ...): inverse of :meth:`_grouped`."""
+        if self.tokens_per_codebook == 1:
+            return x.transpose(0, 1)
+        rest = x.shape[2:]
+        G, k = self.num_groups, self.tokens_per_codebook
+        return x.reshape(G, batch, k, *rest).transpose(0, 1).reshape(batch, self.num_tokens, *rest)
 
     # ------------------------------------------------------------------ quantize / lookup
     def quantize(self, z: Tensor, *, update_counts: bool | None = None) -> tuple[Tensor, Tensor]:
@@ -159,8 +179,7 @@ class MultiGroupQuantizer(nn.Module):
         if self.num_groups == 1:
             rows = self.codebooks[0][indices]  # (B, T, d)
         else:
-            group = torch.arange(self.num_groups, device=indices.device)
-            rows = self.codebooks[group[None, :], indices]  # (B, T, d)
+            rows = self.codebooks[self.codebook_of_token(indices.device)[None, :], indices]  # (B, T, d)
         return self.from_tokens(rows)
 
     @torch.no_grad()
@@ -182,8 +201,8 @@ class MultiGroupQuantizer(nn.Module):
         """Initialise every codebook from data (normalised latents ``z`` (S, C, H, W)).
 
         "random": each group independently takes N random samples' sub-vectors for that group
-        (without replacement when S >= N, with replacement otherwise).  For ``single`` the pool is
-        every token of every sample.  "kmeans": that, then ``kmeans_iters`` Lloyd iterations per
+        (without replacement when S >= N, with replacement otherwise).  A shared codebook's pool
+        is every token it serves of every sample (all tokens for ``single``).  "kmeans": that, then ``kmeans_iters`` Lloyd iterations per
         group (exact assignment via :func:`nearest_code`; empty clusters keep their centre).
         Counts are cleared.
         """

@@ -164,16 +164,16 @@ def usage_stats(counts: torch.Tensor) -> dict:
 def count_codes(tokens: torch.Tensor, num_groups: int, codebook_size: int) -> torch.Tensor:
     """(B, T) per-position ids -> (G, N) int64 counts.
 
-    ``num_groups == T``: one codebook per position; ``num_groups == 1``: one shared codebook.
+    ``num_groups == T``: one codebook per position; ``num_groups == 1``: one shared codebook;
+    otherwise ``T / num_groups`` consecutive positions share each codebook.
     """
     tokens = tokens.long().cpu()
     b, t = tokens.shape
-    if num_groups == 1:
-        return torch.bincount(tokens.reshape(-1), minlength=codebook_size)[None, :codebook_size]
-    if num_groups != t:
+    if num_groups < 1 or t % num_groups:
         raise ValueError(f"{num_groups} codebooks for {t} token positions")
-    flat = (torch.arange(t)[None, :] * codebook_size + tokens).reshape(-1)
-    return torch.bincount(flat, minlength=t * codebook_size).view(t, codebook_size)
+    group = torch.arange(t) // (t // num_groups)
+    flat = (group[None, :] * codebook_size + tokens).reshape(-1)
+    return torch.bincount(flat, minlength=num_groups * codebook_size).view(num_groups, codebook_size)
 
 
 # ---------------------------------------------------------------------------------- FID math

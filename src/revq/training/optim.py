@@ -78,7 +78,7 @@ def sparse_lookup(quantizer, indices: Tensor) -> Tensor:
     cb = quantizer.codebooks
     indices = indices.to(device=cb.device, dtype=torch.long)
     if quantizer.num_groups > 1:
-        indices = indices + torch.arange(quantizer.num_groups, device=cb.device)[None, :] * quantizer.codebook_size
+        indices = indices + quantizer.codebook_of_token(cb.device)[None, :] * quantizer.codebook_size
     return quantizer.from_tokens(sparse_row_gather(cb, indices))  # (B, T, d) -> (B, C, H, W)
 
 

@@ -431,7 +431,7 @@ def validate(model, cache, cfg: TrainConfig, info: D.DistInfo) -> dict[str, floa
         sums[1] += (z_q - z).pow(2).sum(dtype=torch.float64)
         sums[2] += z.numel()
         ind = out["indices"]
-        flat = ind + (torch.arange(ind.shape[1], device=ind.device) * N if G > 1 else 0)
+        flat = ind + (model.quantizer.codebook_of_token(ind.device) * N if G > 1 else 0)
         hist += torch.bincount(flat.reshape(-1), minlength=G * N)
     D.all_reduce_sum(sums)
     D.all_reduce_sum(hist)
