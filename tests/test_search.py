@@ -88,7 +88,8 @@ def test_chunks_respect_the_budget(G, B, N):
         assert gs * ns * (bs + per_code) * 4 <= budget
         assert 1 <= gs <= G and 1 <= bs <= B and 1 <= ns <= N
     assert _chunk_sizes(256, 128, 262144, budget // 4, per_code=17) == (3, 128, 262144)
-    assert _chunk_sizes(2, 128, 1000, 100 * 145, per_code=17) == (1, 128, 100)  # whole batch, split codes
+    assert _chunk_sizes(2, 128, 1000, 100 * 145, per_code=17) == (1, 128, 64)  # whole batch, split codes (whole runs)
+    assert _chunk_sizes(2, 128, 1000, 50 * 145, per_code=17) == (1, 128, 50)  # fewer codes than a run fit
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="peak memory is measured on CUDA")
@@ -115,4 +116,25 @@ def test_duplicated_codes_from_coarse_data(budget):
     c = pool[torch.randint(300, (4, 500), generator=gen)]
     x = torch.cat([pool[torch.randint(300, (4, 60), generator=gen)], torch.randn(4, 60, 4, generator=gen)], 1)
     ref = nearest_code_bruteforce(x, c)
+    assert torch.equal(nearest_code(x, c, memory_budget_bytes=budget), ref)
+
+
+@pytest.mark.parametrize("budget", [2**12, 4 * 40 * 128 + 4 * 17 * 128, 2**30])
+def test_run_minima_path_ties_and_second_best(budget):
+    """Blocks whose width is a multiple of the run length take the one-pass path (`_block_top2`):
+    ties across runs and inside a run must still go to the lowest index, and near ties (which need
+    a correct second best to be caught by the certificate) must still be repaired."""
+    from revq.search import _RUN
+
+    gen = torch.Generator().manual_seed(5)
+    N = 10 * _RUN
+    c = torch.randn(3, N, 4, generator=gen)
+    c[:, 7 * _RUN + 3] = c[:, 2 * _RUN + 9]  # tie across runs: 2*RUN+9 must win
+    c[:, 2 * _RUN + 11] = c[:, 2 * _RUN + 9]  # and inside the winning run
+    c[:, 5 * _RUN + 1] = c[:, 4 * _RUN + 2] + 1e-7  # near tie across runs (second best in another run)
+    c[:, 6 * _RUN + 5] = c[:, 6 * _RUN + 4] * (1 + 1e-7)  # near tie inside one run
+    picks = [7 * _RUN + 3, 2 * _RUN + 9, 5 * _RUN + 1, 4 * _RUN + 2, 6 * _RUN + 5]
+    x = torch.cat([c[:, picks], torch.randn(3, 40, 4, generator=gen)], 1)
+    ref = nearest_code_bruteforce(x, c)
+    assert ref[0, 0].item() == 2 * _RUN + 9
     assert torch.equal(nearest_code(x, c, memory_budget_bytes=budget), ref)

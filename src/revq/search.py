@@ -11,10 +11,13 @@ minimum).  The brute force materialises ``G x B x N x d`` values, which is impos
 paper's sizes (256 groups x 262,144 codes x batch 128 = 34 GB of distances alone), so we:
 
 1. use the expansion ``||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2``, dropping the per-query
-   constant ``||x||^2`` and precomputing ``||c||^2`` once: one ``baddbmm`` per chunk gives
-   ``a[g, b, n] = ||c_n||^2 - 2 x_b.c_n`` (no sqrt, unlike ``cdist``);
+   constant ``||x||^2``: with augmented vectors ``[x, 1]`` and ``[-2c, ||c||^2]`` one ``bmm`` per
+   chunk gives ``a[g, b, n] = ||c_n||^2 - 2 x_b.c_n`` (no sqrt, unlike ``cdist``; no broadcast
+   add; the codes' chunk is laid out (d+1, n) so the GEMM's wide operand is contiguous);
 2. walk over chunks of (groups x batch x codes) whose distance block fits the memory budget,
-   keeping for each query the running best value/index and the second-best value;
+   keeping for each query the running best value/index and the second-best value.  Best and
+   second best come from ONE pass over the block (`_block_top2`): the minimum of every run of
+   ``_RUN`` codes, then the argmin and second best inside the winning run only;
 3. *certify* each answer: the expansion has a rounding error bounded by
    ``~ (d + 2) * 2^-24 * (||x||^2 + ||c||^2)`` per code (see `_pair_tolerance`).  When the gap
    between the best and the second-best expanded value exceeds the bound, the expanded argmin is
@@ -46,6 +49,9 @@ CPU_BLOCK_BYTES = 16 * 2**20
 _F32 = 4  # bytes per float32
 # safety factor on the rounding-error bound of the expansion (see `_error_coefficient`)
 _TOL_SAFETY = 4.0
+# codes per run in `_block_top2`: the block is reduced to run minima in one pass; small enough that
+# re-reading the winning run is free, large enough that the run minima are a small array
+_RUN = 64
 
 
 def _eager_only(fn):
@@ -99,8 +105,40 @@ def _chunk_sizes(groups: int, batch: int, codes: int, budget_elems: int, *, per_
         return min(groups, budget_elems // per_group), batch, codes
     ns = budget_elems // (batch + per_code)
     if ns >= 1:
+        if ns >= _RUN:  # whole runs per chunk, so `_block_top2`'s fast path applies
+            ns -= ns % _RUN
         return 1, batch, min(codes, ns)
     return 1, max(1, min(batch, budget_elems - per_code)), 1
+
+
+def _block_top2(a: Tensor, exact: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Best value, its index (lowest on ties) and the second-best value along the last dim.
+
+    ``a`` (g, b, n) is overwritten.  When n is a multiple of ``_RUN`` the block is read once:
+    ``m`` = minimum of each run of ``_RUN`` codes; the best is in the first run reaching min(m)
+    (lowest index on ties), found by an argmin inside that run; the second best is the smaller
+    of the next-best run minimum and the second best inside the winning run.
+    """
+    g, b, n = a.shape
+    if n % _RUN or n < 2 * _RUN:
+        v1, i1 = a.min(-1)  # first minimum -> lowest index on exact ties
+        if exact and n > 1:
+            a.scatter_(-1, i1[..., None], math.inf)  # in place: no second block
+            v2 = a.amin(-1)
+        else:
+            v2 = torch.full_like(v1, math.inf)
+        return v1, i1, v2
+    runs = a.view(g, b, n // _RUN, _RUN)
+    m = runs.amin(-1)  # (g, b, n/_RUN): the one full pass
+    v1, j = m.min(-1)  # first run holding the minimum
+    run = runs.gather(2, j[..., None, None].expand(g, b, 1, _RUN)).squeeze(2)  # (g, b, _RUN) copy
+    k = run.argmin(-1)
+    i1 = j * _RUN + k
+    if not exact:
+        return v1, i1, torch.full_like(v1, math.inf)
+    second_in = run.scatter_(-1, k[..., None], math.inf).amin(-1)
+    second_out = m.scatter_(-1, j[..., None], math.inf).amin(-1)
+    return v1, i1, torch.minimum(second_in, second_out)
 
 
 def _error_coefficient(d: int) -> float:
@@ -265,22 +303,21 @@ def nearest_code(
                 b1 = min(B, b0 + bs)
                 xb = x[g0:g1, b0:b1]  # (g, b, d)
                 bv = bsec = bi = None
+                xa = torch.cat([xb, xb.new_ones(*xb.shape[:2], 1)], -1)  # (g, b, d+1): [x, 1]
                 for n0 in range(0, N, ns):
                     n1 = min(N, n0 + ns)
-                    cb = codebooks[g0:g1, n0:n1].float()  # (g, n, d); a view when already fp32
+                    cb = codebooks[g0:g1, n0:n1]  # (g, n, d) view, any dtype
+                    ca = torch.empty(g1 - g0, d + 1, n1 - n0, device=device)  # (g, d+1, n): [-2c, ||c||^2]
+                    torch.mul(cb.transpose(1, 2), -2.0, out=ca[:, :d])  # exact (power of two), casts to fp32
                     if c_sq_given is None:
-                        c_sq = cb.pow(2).sum(-1)  # (g, n): ||c||^2
+                        torch.sum(ca[:, :d].square(), 1, out=ca[:, d]).mul_(0.25)  # ||c||^2 (scaling by 4 is exact)
                     else:
-                        c_sq = c_sq_given[g0:g1, n0:n1]
+                        ca[:, d] = c_sq_given[g0:g1, n0:n1]
+                    del cb
                     # a[g, b, n] = ||c_n||^2 - 2 x_b . c_n   (g, b, n): one batched GEMM, no sqrt
-                    a = torch.baddbmm(c_sq[:, None, :], xb, cb.transpose(1, 2), beta=1.0, alpha=-2.0)
-                    del cb, c_sq
-                    v1, i1 = a.min(-1)  # first minimum -> lowest index on exact ties
-                    if exact and n1 - n0 > 1:
-                        a.scatter_(-1, i1[..., None], math.inf)  # in place: no second block
-                        v2 = a.amin(-1)
-                    else:
-                        v2 = torch.full_like(v1, math.inf)
+                    a = torch.bmm(xa, ca)
+                    del ca
+                    v1, i1, v2 = _block_top2(a, exact)
                     del a
                     i1 = i1 + n0
                     if bv is None:
