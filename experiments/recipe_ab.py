@@ -282,7 +282,7 @@ def run_arm(args, cfg, *, group: str) -> dict:
                     "psnr_images": len(originals), "psnr_eval_wall_s": round(time.perf_counter() - t, 1)})
     rec.update({
         "group": group, "name": args.name, "tokens": cfg.model.num_tokens,
-        "codebook_size": cfg.model.codebook_size, "overrides": list(args.set),
+        "codebook_size": cfg.model.codebook_size, "overrides": list(args.set), "base": args.base,
         "budget_cpu_s": args.budget_cpu_s, "max_steps": args.max_steps, "val_limit": args.val_limit,
         "rectifier_params": model.num_parameters()["rectifier"],
         "machine": machine(), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
@@ -311,13 +311,20 @@ def fmt(v, spec):
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _recipe(r: dict) -> str:
+    """'authors' or the preset the arm started from (older records: 'authors' unless run by
+    ablations.py, whose arms start from the cpu presets), then the overrides."""
+    base = r.get("base") or ("authors" if r.get("group") == "recipe" else f"cpu-{r['tokens']}t" if r["tokens"] in (512, 256) else "cpu-256t")
+    return f"{base} {' '.join(r['overrides'])}".strip()
+
+
 def table_rows(records: list[dict]) -> list[str]:
-    head = ("| arm | tokens x codes | overrides vs authors' recipe | steps (epochs) | train CPU s / wall s "
+    head = ("| arm | tokens x codes | recipe: base + overrides | steps (epochs) | train CPU s / wall s "
             "| val MSE (rect) | val MSE (quant only) | val usage | PSNR (cost) |")
     lines = [head, "|" + "---|" * 9]
     for r in records:
         lines.append(
-            f"| {r['name']} | {r['tokens']} x {r['codebook_size']} | {' '.join(r['overrides']) or '(none)'} "
+            f"| {r['name']} | {r['tokens']} x {r['codebook_size']} | {_recipe(r)} "
             f"| {r['steps']} ({r['epochs_done']:.2f}) | {r['train_cpu_s']:.0f} / {r['train_wall_s']:.0f} "
             f"| {fmt(r.get('final_val_latent_mse'), '.4f')} | {fmt(r.get('final_val_quant_mse'), '.4f')} "
             f"| {fmt(r.get('final_val_usage'), '.3f')} "

@@ -41,7 +41,7 @@ def test_help():
         (["--preset", "nope"], "unknown preset"),
         (["--preset", "cpu-512t"], "made by autoencoder 'synthetic'"),
         (["--config", "{root}/tiny.json", "--set", "model.num_tokens=3"], "valid token counts"),
-        (["--config", "{root}/tiny.json", "--set", "model.codebook_size=4096"], "larger than the 256 training latents"),
+        (["--config", "{root}/tiny.json", "--set", "model.codebook_size=4096"], "larger than the 256 training sub-vectors"),
         (["--config", "{root}/tiny.json", "--set", "model.autoencoder.name=taef2"], "--set model.autoencoder.name=synthetic"),
         (["--config", "{root}/tiny.json", "--set", "bogus=1"], "unknown config key"),
         (["--config", "{root}/tiny.json", "--resume"], "no checkpoint to resume"),

@@ -160,6 +160,14 @@ def test_config_validation_before_work(tmp_path, caches):
         cfg = tiny_config(tmp_path / "a")
         cfg.model.codebook_size = 512
         T.train(cfg, train_cache=train_cache)
+    # sharing a codebook between k positions gives it k times the sub-vectors to start from
+    cfg = tiny_config(tmp_path / "s")
+    cfg.model.codebook_size = 512
+    cfg.model.tokens_per_codebook = 2
+    T.validate_setup(cfg, train_cache, val_cache)
+    cfg.model.codebook_size = 513
+    with pytest.raises(ConfigError, match="codebook_size=513 is larger than the 512 training sub-vectors"):
+        T.validate_setup(cfg, train_cache, val_cache)
     other = ArrayCache(synthetic_latents(256), autoencoder="taef2")
     with pytest.raises(ConfigError, match="made by autoencoder 'taef2'.*names 'synthetic'"):
         T.train(tiny_config(tmp_path / "b"), train_cache=other)

@@ -252,9 +252,11 @@ def validate_setup(cfg: TrainConfig, train_cache, val_cache=None, *, world_size:
     if resolution is not None:
         m.autoencoder.resolution = int(resolution)
     n = len(train_cache)
-    if m.codebook_size > n:
-        raise ConfigError(f"codebook_size={m.codebook_size} is larger than the {n} training latents can "
-                          f"initialise; encode more images or --set model.codebook_size=<= {n}")
+    pool = n * (m.num_tokens // m.num_codebooks)  # sub-vectors a codebook can be initialised from
+    if m.codebook_size > pool:
+        raise ConfigError(f"codebook_size={m.codebook_size} is larger than the {pool} training sub-vectors "
+                          f"({n} latents) can initialise; encode more images, share codebooks "
+                          f"(--set model.tokens_per_codebook=K) or --set model.codebook_size=<= {pool}")
     if cfg.batch_size % world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} (global) is not divisible by the {world_size} processes")
     if cfg.batch_size > n:
