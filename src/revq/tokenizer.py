@@ -7,10 +7,11 @@
 
 Two vocabularies
 ----------------
-ReVQ gives **every token position its own codebook** of N codes (``codebook_size``).  So a
-token is naturally a *per-position id* ``code`` in ``0 .. N-1``: what :meth:`Tokenizer.encode`
-returns and :meth:`Tokenizer.decode` takes.  The same code number at two positions means two
-different vectors.
+ReVQ gives **every token position its own codebook** of N codes (``codebook_size``), or, with
+``tokens_per_codebook = k > 1`` (the CPU presets), one codebook to every run of k neighbouring
+positions.  So a token is naturally a *per-position id* ``code`` in ``0 .. N-1``: what
+:meth:`Tokenizer.encode` returns and :meth:`Tokenizer.decode` takes.  The same code number at two
+positions means two different vectors unless the positions share a codebook.
 
 An autoregressive or MaskGIT model that wants one shared embedding table can use *global ids*
 ``position * N + code`` in ``0 .. T*N - 1`` (``vocab_size``); :func:`to_global_ids` and
