@@ -311,6 +311,12 @@ def fmt(v, spec):
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _psnr(r: dict) -> str:
+    if r.get("psnr") is None:
+        return "not measured"
+    return f"{fmt(r.get('psnr'), '.2f')} ({fmt(r.get('psnr_cost_db'), '.2f')})"
+
+
 def _recipe(r: dict) -> str:
     """'authors' or the preset the arm started from (older records: 'authors' unless run by
     ablations.py, whose arms start from the cpu presets), then the overrides."""
@@ -328,7 +334,7 @@ def table_rows(records: list[dict]) -> list[str]:
             f"| {r['steps']} ({r['epochs_done']:.2f}) | {r['train_cpu_s']:.0f} / {r['train_wall_s']:.0f} "
             f"| {fmt(r.get('final_val_latent_mse'), '.4f')} | {fmt(r.get('final_val_quant_mse'), '.4f')} "
             f"| {fmt(r.get('final_val_usage'), '.3f')} "
-            f"| {fmt(r.get('psnr'), '.2f')} ({fmt(r.get('psnr_cost_db'), '.2f')}) |")
+            f"| {_psnr(r)} |")
     return lines
 
 

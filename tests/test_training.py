@@ -120,6 +120,26 @@ def test_validation_does_not_count(caches):
     assert metrics["val_count"] == 64 and 0 <= metrics["val_usage"] <= 1
 
 
+@pytest.mark.parametrize("tokens_per_codebook", [1, 4])
+def test_validation_usage_matches_an_independent_count(caches, tokens_per_codebook):
+    """The trainer's val usage / MSE (with shared codebooks too) equal a count from tokenize()."""
+    from revq.evaluation import metrics as M
+
+    train_cache, val_cache = caches
+    cfg = tiny_config()
+    cfg.model.tokens_per_codebook = tokens_per_codebook
+    model = T.build_model(cfg, train_cache)
+    metrics = T.validate(model, val_cache, cfg, T.D.DistInfo())
+    z = torch.as_tensor(val_cache.get(np.arange(len(val_cache))), dtype=torch.float32)
+    with torch.no_grad():
+        tokens = model.tokenize(z)
+        counts = M.count_codes(tokens, cfg.model.num_codebooks, cfg.model.codebook_size)
+        zq = model.quantizer.lookup(tokens)
+        quant_mse = float((zq - model.normalizer.normalize(z)).pow(2).mean())
+    assert metrics["val_usage"] == pytest.approx(float((counts > 0).float().mean()))
+    assert metrics["val_quant_mse"] == pytest.approx(quant_mse, rel=1e-5)
+
+
 def test_resume_with_other_recipe_is_refused(tmp_path, caches):
     train_cache, _ = caches
     T.train(tiny_config(tmp_path / "run", epochs=1), train_cache=train_cache)
