@@ -25,10 +25,11 @@ def test_env_detection(monkeypatch):
     assert D.env_world() == (3, 4, 1)
 
 
-def test_two_gloo_processes_match_single_process(tmp_path):
+@pytest.mark.parametrize("sparse_codebook_adam", [False, True], ids=["dense-adamw", "row-sparse-adamw"])
+def test_two_gloo_processes_match_single_process(tmp_path, sparse_codebook_adam):
     write_cache(tmp_path / "train", synthetic_latents(256))
     write_cache(tmp_path / "val", synthetic_latents(64, seed=1))
-    cfg = tiny_config(epochs=2, checkpoint_every_steps=0, log_every_steps=4)
+    cfg = tiny_config(epochs=2, checkpoint_every_steps=0, log_every_steps=4, sparse_codebook_adam=sparse_codebook_adam)
     cfg.to_json(tmp_path / "cfg.json")
     args = ["train", "--config", str(tmp_path / "cfg.json"), "--latents", str(tmp_path / "train"),
             "--val-latents", str(tmp_path / "val"), "--batch-size", "32", "--no-progress"]

@@ -74,15 +74,51 @@ def setup(device_preference: str = "auto") -> DistInfo:
                     device=device, backend=backend, owns_group=owns)
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, info: DistInfo, *, sparse_params: tuple[str, ...] = ()) -> torch.nn.Module:
     """DDP over the whole model (codebooks + rectifier).  Buffers (activation counts) are
-    *not* broadcast: each rank counts its own shard and the reset sums them."""
+    *not* broadcast: each rank counts its own shard and the reset sums them.
+
+    ``sparse_params`` (e.g. ``("quantizer.codebooks",)`` with the row-sparse optimizer) get sparse
+    COO gradients, which DDP's dense buckets cannot hold: DDP ignores them and the caller averages
+    their gradients with :func:`average_sparse_grad_` after ``backward()``.
+    """
     if not info.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    if sparse_params:
+        DDP._set_params_and_buffers_to_ignore_for_model(model, list(sparse_params))
     kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
     return DDP(model, broadcast_buffers=False, **kwargs)
+
+
+def average_sparse_grad_(param: torch.nn.Parameter) -> None:
+    """Average a sparse COO gradient over all ranks, in place (what DDP does for dense ones).
+
+    Every rank all-gathers the others' (indices, values), padded to the longest, and sums them:
+    traffic is the touched rows only, and it works on NCCL, which has no sparse all-reduce.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or param.grad is None:
+        return
+    world = dist.get_world_size()
+    g = param.grad.coalesce()
+    idx, val = g.indices(), g.values()  # (sparse_dim, k), (k, *dense_shape)
+    k = torch.tensor([idx.shape[1]], device=idx.device)
+    sizes = [torch.zeros_like(k) for _ in range(world)]
+    dist.all_gather(sizes, k)
+    sizes = [int(n) for n in sizes]
+    m = max(sizes)
+    idx_pad = idx.new_zeros(idx.shape[0], m)
+    idx_pad[:, : idx.shape[1]] = idx
+    val_pad = val.new_zeros(m, *val.shape[1:])
+    val_pad[: val.shape[0]] = val
+    all_idx = [torch.empty_like(idx_pad) for _ in range(world)]
+    all_val = [torch.empty_like(val_pad) for _ in range(world)]
+    dist.all_gather(all_idx, idx_pad)
+    dist.all_gather(all_val, val_pad)
+    idx_cat = torch.cat([t[:, :n] for t, n in zip(all_idx, sizes)], 1)
+    val_cat = torch.cat([t[:n] for t, n in zip(all_val, sizes)], 0) / world
+    param.grad = torch.sparse_coo_tensor(idx_cat, val_cat, g.shape).coalesce()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -94,7 +94,7 @@ class _Run:
         if not state.initialized:
             init_codebooks(model, self.train_cache, cfg, info)
             state.initialized = True
-        ddp = D.wrap_model(model, info)
+        ddp = D.wrap_model(model, info, sparse_params=("quantizer.codebooks",) if cfg.sparse_codebook_adam else ())
         self._loop(model, ddp, optimizer, state)
         return self._finish(model, state)
 
@@ -118,6 +118,8 @@ class _Run:
                         out = _forward(ddp, z)                     # normalise -> quantize -> rectify -> loss
                     optimizer.zero_grad(set_to_none=True)
                     out["loss"].backward()
+                    if cfg.sparse_codebook_adam:  # DDP leaves the sparse codebook gradient to us
+                        D.average_sparse_grad_(model.quantizer.codebooks)
                     clip_per_group(optimizer, cfg.grad_clip)
                     optimizer.step()
                     state.step_in_epoch += 1
