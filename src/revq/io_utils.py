@@ -57,3 +57,12 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
         fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
+
+
+def write_result_folder(out_dir: str | os.PathLike, name: str, data: Any, plot) -> Path:
+    """A measurement's folder: ``name.json`` (atomic) and ``name.png`` drawn by ``plot(path)``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / f"{name}.json", data)
+    plot(out / f"{name}.png")
+    return out

@@ -50,5 +50,15 @@ def check_resolution(tokenizer, resolution: int | None) -> int:
     return int(resolution)
 
 
+def tokenizer_and_images(args, images):
+    """The model of ``--model`` and an image source over ``images`` at the model's resolution
+    (``--resolution`` must agree with it), limited to ``--limit`` images."""
+    from revq.data.images import open_image_source
+
+    tokenizer = load_tokenizer(args)
+    resolution = check_resolution(tokenizer, args.resolution)
+    return tokenizer, open_image_source(images, resolution=resolution, limit=args.limit)
+
+
 def safe_name(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_") or "image"

@@ -33,11 +33,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     import numpy as np
-    import torch
 
     from revq.capacity import PAPER_THRESHOLD, plan_capacity, plot_capacity
     from revq.data.latent_cache import LatentCache
-    from revq.io_utils import write_json_atomic
+    from revq.io_utils import write_result_folder
 
     if args.limit is not None and args.limit < 3:
         raise RevqError("--limit must be >= 3")
@@ -73,12 +72,7 @@ def run(args) -> int:
     data["latents"] = str(args.latents)
     data["autoencoder"] = cache.manifest.get("autoencoder")
     if args.out:
-        from pathlib import Path
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "capacity.json", data)
-        plot_capacity(plan, out / "capacity.png")
+        write_result_folder(args.out, "capacity", data, lambda path: plot_capacity(plan, path))
     if args.json:
         print(json.dumps(data))
     else:

@@ -8,7 +8,6 @@ demo.json).  Re-running with the same options reuses what is already done.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path

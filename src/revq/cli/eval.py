@@ -6,7 +6,7 @@ import json
 import math
 import sys
 
-from revq.cli._tokenizer_args import add_model_arguments, check_resolution, load_tokenizer
+from revq.cli._tokenizer_args import add_model_arguments, tokenizer_and_images
 
 HELP = "Measure reconstruction quality of a trained tokenizer."
 
@@ -52,14 +52,11 @@ def format_table(result: dict) -> str:
 
 
 def run(args) -> int:
-    from revq.data.images import open_image_source
     from revq.errors import RevqError
     from revq.evaluation import evaluate
     from revq.io_utils import write_json_atomic
 
-    tokenizer = load_tokenizer(args)
-    resolution = check_resolution(tokenizer, args.resolution)
-    source = open_image_source(args.data, resolution=resolution, limit=args.limit)
+    tokenizer, source = tokenizer_and_images(args, args.data)
     result = evaluate(
         tokenizer,
         source,

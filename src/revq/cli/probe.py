@@ -35,7 +35,7 @@ def run(args) -> int:
 
     from revq.autoencoders import load_autoencoder
     from revq.data.images import open_image_source
-    from revq.io_utils import write_json_atomic
+    from revq.io_utils import write_result_folder
     from revq.probe import noise_probe, plot_probe
 
     if args.limit is not None and args.limit <= 0:
@@ -66,12 +66,7 @@ def run(args) -> int:
     data["protocol"] = {"data": [str(p) for p in source.inputs], "resolution": args.resolution,
                         "limit": args.limit, "stats": args.stats or "probed sample", "seed": args.seed}
     if args.out:
-        from pathlib import Path
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "probe.json", data)
-        plot_probe(result, out / "probe.png")
+        write_result_folder(args.out, "probe", data, lambda path: plot_probe(result, path))
     if args.json:
         print(json.dumps(data))
     else:

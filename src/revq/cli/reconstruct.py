@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from revq.cli._tokenizer_args import add_model_arguments, check_resolution, load_tokenizer, safe_name
+from revq.cli._tokenizer_args import (
+    add_model_arguments,
+    safe_name,
+    tokenizer_and_images,
+)
 
 HELP = "Write original | VAE | ReVQ comparison grids."
 
@@ -44,11 +48,8 @@ def write_reconstructions(tokenizer, source, out: Path, *, scale: int | None = N
 
 
 def run(args) -> int:
-    from revq.data.images import open_image_source
 
-    tokenizer = load_tokenizer(args)
-    resolution = check_resolution(tokenizer, args.resolution)
-    source = open_image_source(args.images, resolution=resolution, limit=args.limit)
+    tokenizer, source = tokenizer_and_images(args, args.images)
     path = write_reconstructions(tokenizer, source, Path(args.out), scale=args.scale, triplets=not args.no_triplets)
     print(f"grid (original | VAE | ReVQ) written to {path}")
     if source.skipped:

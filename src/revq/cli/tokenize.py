@@ -4,7 +4,7 @@ from __future__ import annotations
 
 HELP = "Export images as packed token shards."
 
-from revq.cli._tokenizer_args import add_model_arguments, check_resolution, load_tokenizer
+from revq.cli._tokenizer_args import add_model_arguments, tokenizer_and_images
 
 
 def add_arguments(parser) -> None:
@@ -22,12 +22,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from revq.data.images import open_image_source
     from revq.tokens import export_tokens
 
-    tokenizer = load_tokenizer(args)
-    resolution = check_resolution(tokenizer, args.resolution)
-    source = open_image_source(args.data, resolution=resolution, limit=args.limit)
+    tokenizer, source = tokenizer_and_images(args, args.data)
     manifest = export_tokens(
         tokenizer,
         source,
