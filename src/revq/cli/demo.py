@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-train", type=int, default=3000, help="training images (default 3000)")
     parser.add_argument("--num-val", type=int, default=500, help="held-out images for validation and evaluation (default 500)")
     parser.add_argument("--codebook-size", type=int, default=1024,
-                        help="codes per token position (default 1024: a few thousand images cannot "
-                             "initialise the preset's larger codebooks)")
+                        help="codes per codebook (default 1024, smaller than the preset's, so that the "
+                             "demo trains in minutes on a few thousand images)")
     parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
