@@ -54,6 +54,28 @@ def test_plan_on_latents_fewer_tokens_need_more_codes(tmp_path):
         plan_capacity(z, codebook_sizes=[10_000])
 
 
+def test_share_channels_fits_one_codebook_per_channel():
+    """With share_channels every grid cell is the quantizer with tokens_per_codebook = T / C, and
+    codebook sizes up to (fit latents x T / C) become measurable."""
+    from revq.capacity import quantizer_mse
+
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(50, 4, 4, 4, generator=g)
+    plan = plan_capacity(z, token_counts=[32, 16], codebook_sizes=[8, 200], threshold=0.3, kmeans_iters=2,
+                         held_out_fraction=0.2, share_channels=True)
+    cells = {(p.tokens, p.codebook_size): p.mse for p in plan.points}
+    assert (32, 200) in cells  # 40 fit latents x 8 positions per codebook = 320 sub-vectors >= 200 codes
+    assert (16, 200) not in cells  # 40 x 4 = 160 < 200: skipped
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(0))
+    held, fit = z[perm[:10]], z[perm[10:]]
+    ref, _ = quantizer_mse(fit, held, 32, 8, tokens_per_codebook=8, kmeans_iters=2, seed=0)
+    assert cells[(32, 8)] == pytest.approx(ref)
+    assert "one codebook per channel" in plan.extra["method"]
+    # without sharing 200 codes exceed the 40 fit latents and the size is skipped
+    plain = plan_capacity(z, token_counts=[32], codebook_sizes=[8, 200], threshold=0.3, kmeans_iters=2)
+    assert {p.codebook_size for p in plain.points} == {8}
+
+
 def test_capacity_cli(tmp_path, capsys):
     from revq.cli import main
 

@@ -113,11 +113,13 @@ class CapacityPlan:
 
 
 def quantizer_mse(fit: torch.Tensor, held: torch.Tensor, tokens: int, codebook_size: int, *,
-                  split: str = "channel", kmeans_iters: int = 10, seed: int = 0) -> tuple[float, float]:
+                  split: str = "channel", tokens_per_codebook: int = 1, kmeans_iters: int = 10,
+                  seed: int = 0) -> tuple[float, float]:
     """(held-out MSE, fit MSE) of a k-means-fitted multi-group quantizer on normalised latents."""
     from revq.quantizer import MultiGroupQuantizer
 
-    q = MultiGroupQuantizer(latent_shape=tuple(fit.shape[1:]), num_tokens=tokens, codebook_size=codebook_size, split=split)
+    q = MultiGroupQuantizer(latent_shape=tuple(fit.shape[1:]), num_tokens=tokens, codebook_size=codebook_size,
+                            split=split, tokens_per_codebook=tokens_per_codebook)
     q.eval()
     gen = torch.Generator().manual_seed(seed)
     q.init_from_data(fit, method="kmeans", generator=gen, kmeans_iters=kmeans_iters)
@@ -173,10 +175,15 @@ def plan_capacity(
     held_out_fraction: float = 0.2,
     kmeans_iters: int = 10,
     split: str = "channel",
+    share_channels: bool = False,
     seed: int = 0,
     log=None,
 ) -> CapacityPlan:
-    """Measure the grid on normalised ``latents`` (S, C, H, W) and fit the relation."""
+    """Measure the grid on normalised ``latents`` (S, C, H, W) and fit the relation.
+
+    ``share_channels``: one codebook per latent channel (``tokens_per_codebook = T / C`` when C
+    divides T, as the CPU presets do), so each codebook is fitted on T / C times more sub-vectors.
+    """
     if latents.dim() != 4:
         raise ConfigError(f"latents must be (S, C, H, W); got {tuple(latents.shape)}")
     if not 0 < held_out_fraction < 1:
@@ -193,15 +200,25 @@ def plan_capacity(
     held, fit = latents[perm[:n_held]].float(), latents[perm[n_held:]].float()
     if len(fit) < 2:
         raise ConfigError("need at least 3 latents for the capacity planner")
-    sizes = sorted({int(n) for n in codebook_sizes if 0 < int(n) <= len(fit)})
+    channels = int(latents.shape[1])
+
+    def sharing(t: int) -> int:
+        return t // channels if share_channels and t >= channels and t % channels == 0 else 1
+
+    most = max(sharing(int(t)) for t in token_counts) if token_counts else 1
+    sizes = sorted({int(n) for n in codebook_sizes if 0 < int(n) <= len(fit) * most})
     skipped = sorted({int(n) for n in codebook_sizes} - set(sizes))
     if not sizes:
         raise ConfigError(f"every codebook size exceeds the {len(fit)} fit latents")
     points: list[GridPoint] = []
     for t in sorted(set(int(x) for x in token_counts), reverse=True):
+        k = sharing(t)
         for n in sizes:
+            if n > len(fit) * k:  # more codes than this token count's codebooks have sub-vectors
+                continue
             t0 = time.perf_counter()
-            mse, fit_mse = quantizer_mse(fit, held, t, n, split=split, kmeans_iters=kmeans_iters, seed=seed)
+            mse, fit_mse = quantizer_mse(fit, held, t, n, split=split, tokens_per_codebook=k,
+                                         kmeans_iters=kmeans_iters, seed=seed)
             points.append(GridPoint(t, n, mse, fit_mse, time.perf_counter() - t0))
             if log:
                 log(f"tokens {t:5d}  N {n:6d}  held-out MSE {mse:.4f}  fit MSE {fit_mse:.4f}  ({points[-1].seconds:.1f}s)")
@@ -212,7 +229,8 @@ def plan_capacity(
     usable = [(t, n) for t, n in n_min.items() if n is not None and not below[t]]
     fit_ab = fit_exponential([t for t, _ in usable], [n for _, n in usable])
     extra = {"skipped_sizes": skipped} if skipped else {}
-    extra["method"] = f"k-means ({kmeans_iters} Lloyd iterations) per group, {split} split, held-out MSE"
+    extra["method"] = (f"k-means ({kmeans_iters} Lloyd iterations) per codebook, {split} split, "
+                       f"{'one codebook per channel' if share_channels else 'one codebook per token'}, held-out MSE")
     return CapacityPlan(threshold=threshold, points=points, n_min=n_min, below_grid=below, fit=fit_ab,
                         fit_samples=len(fit), held_out=len(held), extra=extra)
 

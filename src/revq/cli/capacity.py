@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--held-out", type=float, default=0.2, help="fraction of the sample held out for the MSE")
     parser.add_argument("--kmeans-iters", type=int, default=10)
     parser.add_argument("--split", choices=("channel", "spatial", "single"), default="channel")
+    parser.add_argument("--share-channels", action="store_true",
+                        help="one codebook per latent channel, shared by its positions (as the CPU presets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for capacity.json and capacity.png")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -66,7 +68,7 @@ def run(args) -> int:
     log = None if (args.quiet or args.json) else (lambda s: print(s, file=sys.stderr, flush=True))
     plan = plan_capacity(z, token_counts=args.tokens, codebook_sizes=args.codebook_sizes, threshold=threshold,
                          held_out_fraction=args.held_out, kmeans_iters=args.kmeans_iters, split=args.split,
-                         seed=args.seed, log=log)
+                         share_channels=args.share_channels, seed=args.seed, log=log)
     data = plan.to_dict()
     data["threshold_source"] = source
     data["latents"] = str(args.latents)
