@@ -127,12 +127,12 @@ def worker(a) -> dict:
     sparse = variant.endswith("_sparse")
     bf16 = variant.startswith("bf16")
     if sparse:
-        from revq.training.optim import build_row_sparse_optimizer, clip_per_group
+        from revq.training.optim import build_row_sparse_optimizer
 
         opt = build_row_sparse_optimizer(model, cfg)
     else:
         opt = T.build_optimizer(model, cfg)
-        clip_per_group = T.clip_per_group
+    clip_per_group = T.clip_per_group  # sparse-aware
     gchunk = max(1, min(G, int(a.baseline_max_gb * 2**30 // (a.batch * N * 4))))
     rng = np.random.default_rng(0)
     order = [torch.from_numpy(np.sort(rng.choice(len(data), a.batch, replace=False))) for _ in range(a.steps)]
@@ -186,7 +186,7 @@ def paired(a) -> dict:
     from revq.model import ReVQ
     from revq.training import trainer as T
     from revq.training.fastpath import pin_fp32_depthwise
-    from revq.training.optim import build_row_sparse_optimizer, clip_per_group as sparse_clip
+    from revq.training.optim import build_row_sparse_optimizer
     from revq.training.presets import get_preset
 
     torch.manual_seed(0)
@@ -207,10 +207,8 @@ def paired(a) -> dict:
     if "_fast" in v:
         pin_fp32_depthwise(cand.rectifier)
     opt_b, clip_b = T.build_optimizer(base, cfg), T.clip_per_group
-    if v.endswith("_sparse"):
-        opt_c, clip_c = build_row_sparse_optimizer(cand, cfg), sparse_clip
-    else:
-        opt_c, clip_c = T.build_optimizer(cand, cfg), T.clip_per_group
+    opt_c = build_row_sparse_optimizer(cand, cfg) if v.endswith("_sparse") else T.build_optimizer(cand, cfg)
+    clip_c = T.clip_per_group  # sparse-aware
     gchunk = max(1, min(G, int(a.baseline_max_gb * 2**30 // (a.batch * N * 4))))
     rng = np.random.default_rng(0)
     order = [torch.from_numpy(np.sort(rng.choice(len(data), a.batch, replace=False))) for _ in range(a.steps)]

@@ -136,6 +136,10 @@ class MultiGroupQuantizer(nn.Module):
         """(T,) int64: which codebook serves each token position."""
         return torch.arange(self.num_tokens, device=device) // self.tokens_per_codebook
 
+    def flat_code_index(self, indices: Tensor) -> Tensor:
+        """(B, T) per-position codes -> rows of ``codebooks.reshape(G * N, d)``."""
+        return indices + self.codebook_of_token(indices.device) * self.codebook_size
+
     def _grouped(self, tokens: Tensor) -> Tensor:
         """(B, T, d) -> (G, B * T/G, d): the queries each codebook answers."""
         if self.tokens_per_codebook == 1:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor, nn
 
 from revq.config import RECTIFIERS, RectifierConfig

@@ -31,7 +31,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from revq.errors import MissingResourceError
 

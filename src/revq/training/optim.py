@@ -76,10 +76,8 @@ def sparse_lookup(quantizer, indices: Tensor) -> Tensor:
     if indices.dim() != 2 or indices.shape[1] != quantizer.num_tokens:
         raise ConfigError(f"expected tokens (batch, {quantizer.num_tokens}); got {tuple(indices.shape)}")
     cb = quantizer.codebooks
-    indices = indices.to(device=cb.device, dtype=torch.long)
-    if quantizer.num_groups > 1:
-        indices = indices + quantizer.codebook_of_token(cb.device)[None, :] * quantizer.codebook_size
-    return quantizer.from_tokens(sparse_row_gather(cb, indices))  # (B, T, d) -> (B, C, H, W)
+    rows = quantizer.flat_code_index(indices.to(device=cb.device, dtype=torch.long))
+    return quantizer.from_tokens(sparse_row_gather(cb, rows))  # (B, T, d) -> (B, C, H, W)
 
 
 def use_sparse_codebook_grad(quantizer, enabled: bool = True) -> None:
@@ -283,15 +281,7 @@ def build_row_sparse_optimizer(model, cfg) -> RowSparseAdamW:
     return RowSparseAdamW(optimizer_groups(model, cfg), betas=tuple(cfg.betas), eps=cfg.adam_eps)
 
 
-def clip_per_group(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
-    """The trainer's per-group clipping, sparse-aware."""
-    if max_norm <= 0:
-        return
-    for group in optimizer.param_groups:
-        clip_grad_norm_(group["params"], max_norm)
-
-
 __all__ = [
-    "RowSparseAdamW", "build_row_sparse_optimizer", "clip_grad_norm_", "clip_per_group", "default_window",
+    "RowSparseAdamW", "build_row_sparse_optimizer", "clip_grad_norm_", "default_window",
     "sparse_lookup", "sparse_row_gather", "use_sparse_codebook_grad",
 ]

@@ -434,8 +434,7 @@ def validate(model, cache, cfg: TrainConfig, info: D.DistInfo) -> dict[str, floa
         sums[0] += (z_r - z).pow(2).sum(dtype=torch.float64)
         sums[1] += (z_q - z).pow(2).sum(dtype=torch.float64)
         sums[2] += z.numel()
-        ind = out["indices"]
-        flat = ind + (model.quantizer.codebook_of_token(ind.device) * N if G > 1 else 0)
+        flat = model.quantizer.flat_code_index(out["indices"])
         hist += torch.bincount(flat.reshape(-1), minlength=G * N)
     D.all_reduce_sum(sums)
     D.all_reduce_sum(hist)
